@@ -1,0 +1,57 @@
+"""Shared fixtures: isolated settings per test, a throwaway PostgreSQL database per session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ml.settings import PROJECT_DIR, Settings
+
+PG_SERVER = os.environ.get("SHOPFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded-default settings whose work dir (landing, DuckDB file, reports) is a temp dir."""
+    return Settings(
+        work_dir=tmp_path / "work",
+        data_dir=PROJECT_DIR / "data",
+        warehouse="duckdb",
+        pii_salt="test-salt",  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"shopflow_test_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(f"{PG_SERVER}/postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
+@pytest.fixture
+def pg_settings(tmp_path: Path, pg_database: str) -> Settings:
+    """Production-profile settings: the session's PostgreSQL database as the warehouse."""
+    return Settings(
+        work_dir=tmp_path / "work",
+        data_dir=PROJECT_DIR / "data",
+        warehouse="postgres",
+        postgres_dsn=pg_database,
+        pii_salt="test-salt",  # type: ignore[arg-type]
+    )
