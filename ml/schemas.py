@@ -13,7 +13,13 @@ STRING, INTEGER, FLOAT, TIMESTAMP, DATE = "string", "integer", "float", "timesta
 
 SQL_TYPES: dict[str, dict[str, str]] = {
     "duckdb": {STRING: "VARCHAR", INTEGER: "BIGINT", FLOAT: "DOUBLE", TIMESTAMP: "TIMESTAMP", DATE: "DATE"},
-    "postgres": {STRING: "TEXT", INTEGER: "BIGINT", FLOAT: "DOUBLE PRECISION", TIMESTAMP: "TIMESTAMP", DATE: "DATE"},
+    "postgres": {
+        STRING: "TEXT",
+        INTEGER: "BIGINT",
+        FLOAT: "DOUBLE PRECISION",
+        TIMESTAMP: "TIMESTAMP",
+        DATE: "DATE",
+    },
 }
 
 

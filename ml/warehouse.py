@@ -145,7 +145,8 @@ class Warehouse:
     def table_exists(self, qualified: str) -> bool:
         schema, name = qualified.split(".")
         found = self.scalar(
-            "select count(*) from information_schema.tables where table_schema = :schema and table_name = :name",
+            "select count(*) from information_schema.tables"
+            " where table_schema = :schema and table_name = :name",
             {"schema": schema, "name": name},
         )
         return bool(found)
