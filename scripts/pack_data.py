@@ -17,9 +17,15 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=PROJECT_DIR.parent / "shared" / "data",
-                        help="folder holding amazon_beauty_2014_5core/ and uci_online_retail_ii/")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=PROJECT_DIR.parent / "shared" / "data",
+        help="folder holding amazon_beauty_2014_5core/ and uci_online_retail_ii/",
+    )
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "data", help="destination folder")
     args = parser.parse_args()
 

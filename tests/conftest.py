@@ -38,9 +38,7 @@ def pg_database() -> Iterator[str]:
         yield f"{PG_SERVER}/{name}"
     finally:
         with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
             cur.execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()
 
