@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     partition_grain: Literal["day", "week", "month"] = Field(
         "month", description="Size of one landing partition, and of one ingest DAG run."
     )
+    replay_history_start: str = Field(
+        "2000-01-01", description="Replay: start of the history bootstrap interval (before all data)."
+    )
     replay_history_end: str = Field(
         "2013-10-01",
         description="Replay: everything before this date lands as history (loaded by one bootstrap run).",

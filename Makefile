@@ -1,0 +1,51 @@
+# ShopFlow — two commands on a fresh machine:
+#   make demo   set everything up and run the main job end to end on the embedded default
+#   make test   set everything up and run the quick test gate (what CI runs)
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# torch must come from the CPU wheel on this disk: without it uv resolves the CUDA build (GBs).
+# Elsewhere, fall back to PyTorch's CPU index.
+WHEELS := $(wildcard /opt/wheels)
+ifneq ($(WHEELS),)
+TORCH_SOURCE := --find-links $(WHEELS)
+else
+TORCH_SOURCE := --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match
+endif
+
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help install demo test test-slow lint bench-data_pipeline serve-docs clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip install --python $(BIN)/python $(TORCH_SOURCE) -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install ShopFlow with its pinned stack (~30 s)
+
+demo: $(STAMP)  ## the main job: real data → Airflow scheduler → dbt → GX → published marts
+	$(BIN)/shopflow demo
+
+lint: $(STAMP)  ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy ml expectations serving dags
+
+test: lint  ## the quick test gate (CI): lint, type check, tests not marked slow
+	$(BIN)/pytest -q
+
+test-slow: $(STAMP)  ## the long runs: full data, real-scheduler loops
+	$(BIN)/pytest -q -m slow
+
+bench-data_pipeline: $(STAMP)  ## ingest + dbt + GX on the full Online Retail II, DuckDB vs PostgreSQL
+	$(BIN)/python bench/data_pipeline.py
+
+clean:  ## remove run outputs (.shopflow/); keeps .venv
+	rm -rf .shopflow dbt/target dbt/logs

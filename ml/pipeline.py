@@ -1,0 +1,40 @@
+"""The data platform's stages for one interval, composed in-process.
+
+The Airflow DAG ``ingest_transform_validate`` calls the same stages one task each; this module is
+for the CLI (``shopflow run-interval``) and the benchmark, where no scheduler is wanted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from ml.settings import Settings, get_settings
+
+
+@dataclass
+class IntervalResult:
+    ingest: Any
+    raw_validation: Any
+    dbt: Any
+    marts_validation: Any
+
+
+def run_interval(start: date, end: date, run_id: str, settings: Settings | None = None) -> IntervalResult:
+    """Ingest → validate raw (quarantine, gate) → dbt build → validate marts, for ``[start, end)``.
+
+    Raises whatever stage fails first (ContractError, QualityGateError, DbtBuildError); the
+    publish step is simply not reached then.
+    """
+    from ml.ingest import ingest_interval
+    from ml.quality import check_quarantine_gate, validate_marts, validate_raw
+    from ml.transform import dbt_build
+
+    settings = settings or get_settings()
+    ingest = ingest_interval(start, end, run_id, settings)
+    raw_validation = validate_raw(start, end, run_id, settings)
+    check_quarantine_gate(raw_validation, settings)
+    dbt = dbt_build(run_id, settings)
+    marts_validation = validate_marts(run_id, settings)
+    return IntervalResult(ingest, raw_validation, dbt, marts_validation)
