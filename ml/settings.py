@@ -84,6 +84,16 @@ class Settings(BaseSettings):
         200, description="Baskets with more distinct items than this are not used for co-purchase pairs."
     )
 
+    gate_metric: str = Field(
+        "ndcg@10", description="Validation metric a challenger must improve to be promoted."
+    )
+    promotion_margin: float = Field(
+        0.0005,
+        ge=0.0,
+        description="A challenger is promoted only if its validation metric is at least the "
+        "champion's plus this (absolute) margin.",
+    )
+
     @property
     def duckdb_file(self) -> Path:
         return self.duckdb_path or self.work_dir / "warehouse.duckdb"
@@ -103,6 +113,11 @@ class Settings(BaseSettings):
     @property
     def dbt_project_dir(self) -> Path:
         return self.project_dir / "dbt"
+
+    @property
+    def bentoml_home(self) -> Path:
+        """The BentoML store (models and Bentos): the model registry."""
+        return self.work_dir / "bentoml"
 
     @property
     def airflow_home(self) -> Path:

@@ -1,0 +1,263 @@
+"""The model registry is the BentoML model store; this module adds the champion and the gate.
+
+Every trained model is saved as a version of ``shopflow_recommender`` with its metrics, config and
+lineage as metadata. Which version is the champion, and why, is kept beside the store in
+``<bentoml_home>/shopflow/``: ``champion.json`` (the current champion and the ones before it, for
+rollback) and ``decisions.jsonl`` (every gate decision, promotion and rollback with its numbers).
+Both are written atomically, so a crash never leaves a half-written pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ml.settings import Settings, get_settings
+
+MODEL_NAME = "shopflow_recommender"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done (unknown version, nothing to roll back to, ...)."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    tag: str
+    created: str
+    metrics: dict[str, Any]
+    metadata: dict[str, Any]
+    path: Path
+
+    def metric(self, split: str, name: str) -> float | None:
+        value = self.metrics.get(split, {}).get(name)
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    challenger: str
+    champion: str | None
+    metric: str
+    challenger_value: float
+    champion_value: float | None
+    margin: float
+    promoted: bool
+    reason: str
+    decided_at: str
+    run_id: str | None = None
+
+
+def _store(settings: Settings) -> Any:
+    """The model store under ``settings.bentoml_home``.
+
+    Passed explicitly to every bentoml.models call: BentoML's own default store is a process-wide
+    singleton fixed at first use, and one process (a test session, a scheduler worker) may need
+    several homes.
+    """
+    from bentoml._internal.models.model import ModelStore
+
+    folder = settings.bentoml_home / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    return ModelStore(str(folder))
+
+
+def _ledger_dir(settings: Settings) -> Path:
+    folder = settings.bentoml_home / "shopflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _write_json_atomically(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _append_decision(settings: Settings, record: dict[str, Any]) -> None:
+    with (_ledger_dir(settings) / "decisions.jsonl").open("a") as ledger:
+        ledger.write(json.dumps(record, default=str) + "\n")
+
+
+def _champion_state(settings: Settings) -> dict[str, Any]:
+    path = _ledger_dir(settings) / "champion.json"
+    if not path.exists():
+        return {"champion": None, "previous": []}
+    return dict(json.loads(path.read_text()))
+
+
+def register(
+    model_dir: Path,
+    *,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    lineage: dict[str, Any],
+    settings: Settings | None = None,
+) -> ModelVersion:
+    """Save a trained model directory as a new version in the BentoML model store.
+
+    Args:
+        model_dir: what ``train`` saved (weights, config, item embeddings, report).
+        metrics: ``{"validation": {...}, "test": {...}, "baselines": {...}}``.
+        config: the training config.
+        lineage: data snapshot (marts Asset event / intervals), GX validation id, dbt run, git sha.
+        settings: ShopFlow settings (BentoML home).
+    """
+    settings = settings or get_settings()
+    import bentoml
+
+    metadata = {"metrics": metrics, "config": config, "lineage": lineage}
+    with bentoml.models.create(
+        name=MODEL_NAME,
+        metadata=json.loads(json.dumps(metadata, default=str)),
+        labels={"owner": "shopflow"},
+        _model_store=_store(settings),
+    ) as ref:
+        shutil.copytree(model_dir, ref.path, dirs_exist_ok=True)
+    return get(str(ref.tag), settings)
+
+
+def get(tag: str, settings: Settings | None = None) -> ModelVersion:
+    """One version by tag (``name:version``, or ``latest``/``champion``)."""
+    import bentoml
+
+    settings = settings or get_settings()
+    if tag == "champion":
+        current = champion(settings)
+        if current is None:
+            raise RegistryError("no champion yet: train and promote a model first")
+        tag = current
+    if ":" not in tag:
+        tag = f"{MODEL_NAME}:{tag}"
+    try:
+        model = bentoml.models.get(tag, _model_store=_store(settings))
+    except Exception as error:  # bentoml raises NotFound with a store-specific message
+        raise RegistryError(f"no model {tag!r} in the store at {settings.bentoml_home}") from error
+    metadata = dict(model.info.metadata)
+    return ModelVersion(
+        tag=str(model.tag),
+        created=model.info.creation_time.isoformat(timespec="seconds"),
+        metrics=dict(metadata.get("metrics", {})),
+        metadata=metadata,
+        path=Path(model.path),
+    )
+
+
+def list_versions(settings: Settings | None = None) -> list[ModelVersion]:
+    """All versions, oldest first."""
+    import bentoml
+
+    settings = settings or get_settings()
+    models = sorted(
+        bentoml.models.list(MODEL_NAME, _model_store=_store(settings)), key=lambda m: m.info.creation_time
+    )
+    return [get(str(m.tag), settings) for m in models]
+
+
+def champion(settings: Settings | None = None) -> str | None:
+    """The champion's tag, or ``None`` before the first promotion."""
+    return _champion_state(settings or get_settings())["champion"]
+
+
+def decisions(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every recorded gate decision, promotion and rollback, oldest first."""
+    path = _ledger_dir(settings or get_settings()) / "decisions.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def evaluate_gate(
+    challenger_tag: str, settings: Settings | None = None, run_id: str | None = None
+) -> GateDecision:
+    """Decide whether a challenger beats the champion on the validation metric by the margin.
+
+    The decision is recorded (with both numbers) whichever way it goes; it promotes nothing —
+    promotion waits until the Bento built from the challenger has answered its smoke queries.
+    """
+    settings = settings or get_settings()
+    challenger = get(challenger_tag, settings)
+    metric = settings.gate_metric
+    value = challenger.metric("validation", metric)
+    if value is None:
+        raise RegistryError(f"{challenger.tag} has no validation {metric!r} in its metrics")
+    current = champion(settings)
+    champion_value = get(current, settings).metric("validation", metric) if current else None
+    if champion_value is None:
+        promoted, reason = True, "no champion yet"
+    elif value >= champion_value + settings.promotion_margin:
+        promoted = True
+        reason = (
+            f"validation {metric} {value:.5f} beats the champion's {champion_value:.5f} "
+            f"by at least the margin {settings.promotion_margin}"
+        )
+    else:
+        promoted = False
+        reason = (
+            f"validation {metric} {value:.5f} does not beat the champion's {champion_value:.5f} "
+            f"by the margin {settings.promotion_margin}"
+        )
+    decision = GateDecision(
+        challenger=challenger.tag,
+        champion=current,
+        metric=metric,
+        challenger_value=value,
+        champion_value=champion_value,
+        margin=settings.promotion_margin,
+        promoted=promoted,
+        reason=reason,
+        decided_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        run_id=run_id,
+    )
+    _append_decision(settings, {"event": "gate", **asdict(decision)})
+    return decision
+
+
+def promote(tag: str, settings: Settings | None = None, reason: str = "manual") -> str:
+    """Make ``tag`` the champion (the previous one is kept for rollback)."""
+    settings = settings or get_settings()
+    version = get(tag, settings)
+    state = _champion_state(settings)
+    if state["champion"] == version.tag:
+        return version.tag
+    previous = [*state["previous"], state["champion"]] if state["champion"] else state["previous"]
+    _write_json_atomically(
+        _ledger_dir(settings) / "champion.json", {"champion": version.tag, "previous": previous}
+    )
+    _append_decision(
+        settings,
+        {
+            "event": "promote",
+            "champion": version.tag,
+            "replaced": state["champion"],
+            "reason": reason,
+            "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return version.tag
+
+
+def rollback(settings: Settings | None = None, reason: str = "manual") -> str:
+    """Make the previous champion the champion again; returns its tag."""
+    settings = settings or get_settings()
+    state = _champion_state(settings)
+    if not state["previous"]:
+        raise RegistryError("nothing to roll back to: there has been only one champion (or none)")
+    *rest, restored = state["previous"]
+    _write_json_atomically(_ledger_dir(settings) / "champion.json", {"champion": restored, "previous": rest})
+    _append_decision(
+        settings,
+        {
+            "event": "rollback",
+            "champion": restored,
+            "replaced": state["champion"],
+            "reason": reason,
+            "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return str(restored)
