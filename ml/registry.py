@@ -138,11 +138,11 @@ def get(tag: str, settings: Settings | None = None) -> ModelVersion:
         model = bentoml.models.get(tag, _model_store=_store(settings))
     except Exception as error:  # bentoml raises NotFound with a store-specific message
         raise RegistryError(f"no model {tag!r} in the store at {settings.bentoml_home}") from error
-    metadata = dict(model.info.metadata)
+    metadata: dict[str, Any] = dict(model.info.metadata)
     return ModelVersion(
         tag=str(model.tag),
         created=model.info.creation_time.isoformat(timespec="seconds"),
-        metrics=dict(metadata.get("metrics", {})),
+        metrics=dict(metadata.get("metrics") or {}),
         metadata=metadata,
         path=Path(model.path),
     )

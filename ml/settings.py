@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     )
 
     sources: dict[str, SourceKind] = Field(
-        default_factory=lambda: {"beauty": "catalog", "retail": "invoice_lines"},
+        default_factory=lambda: dict[str, SourceKind](beauty="catalog", retail="invoice_lines"),
         description="Landing sources and the contract each follows (JSON in the environment).",
     )
     partition_grain: Literal["day", "week", "month"] = Field(
