@@ -1,0 +1,18 @@
+"""The Airflow Assets ShopFlow's DAGs produce and consume, defined once.
+
+A producer's ``outlets`` and a consumer's ``schedule`` must name the same asset; importing it from
+here (the DAG folder is on ``sys.path`` while Airflow parses and runs DAGs) keeps them identical.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+MARTS = Asset(
+    name="shopflow_marts",
+    uri="shopflow://warehouse/marts",
+    group="shopflow",
+    extra={"description": "dbt marts of the ShopFlow warehouse, validated by Great Expectations."},
+)
+"""The warehouse marts, published by ``ingest_transform_validate`` after a run's marts pass
+validation. Each event's ``extra`` carries the interval, row counts and the dbt/GX run ids."""
