@@ -25,7 +25,8 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv
+	@test -x $(BIN)/uv || { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip -q; \
+		$(BIN)/python -m pip install -q uv; }
 	$(BIN)/uv pip install --python $(BIN)/python $(TORCH_SOURCE) -e '.[dev]'
 	@touch $(STAMP)
 

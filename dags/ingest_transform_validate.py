@@ -40,10 +40,10 @@ from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from shopflow_assets import MARTS
 
 from ml.orchestration import grain_cron, jsonable, publish_summary, resolve_interval, utc_midnight
 from ml.settings import get_settings
+from shopflow_assets import MARTS
 
 DAG_ID = "ingest_transform_validate"
 _settings = get_settings()

@@ -35,6 +35,7 @@ def test_every_dag_is_tagged_owned_retried_and_documented(dagbag: Any) -> None:
 
 def test_ingest_dag_shape(dagbag: Any) -> None:
     from airflow.sdk import CronDataIntervalTimetable
+
     from shopflow_assets import MARTS
 
     dag = dagbag.dags["ingest_transform_validate"]
