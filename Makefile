@@ -18,7 +18,7 @@ endif
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test test-slow lint bench-data_pipeline serve-docs clean
+.PHONY: help install demo test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ test-slow: $(STAMP)  ## the long runs: full data, real-scheduler loops
 
 bench-data_pipeline: $(STAMP)  ## ingest + dbt + GX on the full Online Retail II, DuckDB vs PostgreSQL
 	$(BIN)/python bench/data_pipeline.py
+
+bench-ranking: $(STAMP)  ## full Amazon Beauty leave-one-out, full catalog: our model vs popularity, item-kNN, SASRec
+	$(BIN)/python bench/ranking.py
+
+bench-train_throughput: $(STAMP)  ## samples/s and tokens/s of fine-tuning (frozen, lora, full); MFU on CUDA
+	$(BIN)/python bench/train_throughput.py
 
 clean:  ## remove run outputs (.shopflow/); keeps .venv
 	rm -rf .shopflow dbt/target dbt/logs

@@ -1,0 +1,413 @@
+"""Training data for the recommender: item vocabulary, item texts, per-user sequences, splits.
+
+Built from the published marts (``marts.fct_training_examples`` and ``marts.dim_items``) through
+:func:`load_training_data`, or from DataFrames with the same columns through :func:`from_frames`
+(tests and benchmarks). :func:`shipped_frames` builds those frames straight from the Parquet
+files under ``data/`` so a benchmark needs no pipeline run.
+
+Two protocols live side by side:
+
+* ``loo`` (leave-one-out, the published Beauty tables): per user the last event is the test
+  target, the one before the validation target, the rest is the training prefix.
+* ``time`` (the production view): one global cut per source; the model trains on events before
+  the validation start; a user's first event inside a period is that period's target.
+
+Item index 0 is padding. Every catalog item has an index, including items that never occur in an
+interaction (cold start: their text makes them recommendable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from ml.settings import Settings
+
+Protocol = Literal["loo", "time"]
+Split = Literal["validation", "test"]
+
+PAD = 0
+PAD_ID = "<pad>"
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+# Upper bounds of the price bands; the same as dbt var price_bands (dim_items.price_bucket).
+PRICE_BANDS = (5, 10, 25, 50, 100)
+EXAMPLE_COLUMNS = ("user_id", "item_id", "position", "loo_split", "time_split")
+ITEM_COLUMNS = ("item_id", "item_text")
+
+
+class TrainingDataError(ValueError):
+    """A frame handed to :func:`from_frames` breaks the expected schema."""
+
+    def __init__(self, frame: str, column: str, message: str) -> None:
+        super().__init__(f"{frame}.{column}: {message}")
+        self.frame = frame
+        self.column = column
+
+
+@dataclass(frozen=True)
+class EvalCases:
+    """Next-item prediction cases: one (history, target) pair per user."""
+
+    users: np.ndarray
+    """User indices into :attr:`TrainingData.user_ids`."""
+    histories: list[np.ndarray]
+    """Item indices the user saw before the target, oldest first."""
+    targets: np.ndarray
+    """The item index to predict."""
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, mask: np.ndarray) -> EvalCases:
+        """The cases where ``mask`` is true."""
+        keep = np.flatnonzero(mask)
+        return EvalCases(self.users[keep], [self.histories[i] for i in keep], self.targets[keep])
+
+
+@dataclass
+class TrainingData:
+    """Everything a recommender trains and evaluates on, for one source."""
+
+    source: str
+    item_ids: np.ndarray
+    """Item id per index; ``item_ids[0]`` is the padding token."""
+    item_texts: list[str]
+    """Encoder input per index (``''`` for padding)."""
+    user_ids: np.ndarray
+    sequences: list[np.ndarray]
+    """Per user, item indices ordered by position (oldest first)."""
+    loo_split: list[np.ndarray]
+    """Per user and event: 0 train, 1 validation, 2 test (leave-one-out)."""
+    time_split: list[np.ndarray]
+    """Per user and event: 0 train, 1 validation, 2 test (global time cut)."""
+    item_index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.item_index = {str(item): i for i, item in enumerate(self.item_ids)}
+
+    @property
+    def num_items(self) -> int:
+        """Size of the item vocabulary, padding included."""
+        return len(self.item_ids)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_interactions(self) -> int:
+        return int(sum(len(s) for s in self.sequences))
+
+    def texts_hash(self) -> str:
+        """A digest of the item vocabulary and texts (cache key for item embeddings)."""
+        digest = hashlib.sha256()
+        for item, text in zip(self.item_ids, self.item_texts, strict=True):
+            digest.update(f"{item}\x1f{text}\x1e".encode())
+        return digest.hexdigest()[:16]
+
+    def _codes(self, protocol: Protocol) -> list[np.ndarray]:
+        if protocol == "loo":
+            return self.loo_split
+        if protocol == "time":
+            return self.time_split
+        raise ValueError(f"unknown protocol {protocol!r} (loo or time)")
+
+    def train_sequences(self, protocol: Protocol = "loo") -> list[np.ndarray]:
+        """Per user, the events the model may learn from (empty arrays dropped)."""
+        out = []
+        for seq, codes in zip(self.sequences, self._codes(protocol), strict=True):
+            part = seq[codes == 0]
+            if len(part):
+                out.append(part)
+        return out
+
+    def cases(self, split: Split, protocol: Protocol = "loo") -> EvalCases:
+        """The evaluation cases of a split.
+
+        Leave-one-out: validation predicts the validation item from the training prefix; test
+        predicts the test item from everything before it (the validation item included).
+        Time: a user's first event inside the period is the target, everything before it the
+        history; users with no earlier event are skipped.
+        """
+        code = SPLIT_CODES[split]
+        users, histories, targets = [], [], []
+        for u, (seq, codes) in enumerate(zip(self.sequences, self._codes(protocol), strict=True)):
+            hits = np.flatnonzero(codes == code)
+            if len(hits) == 0 or hits[0] == 0:
+                continue
+            p = int(hits[0])
+            users.append(u)
+            histories.append(seq[:p])
+            targets.append(int(seq[p]))
+        return EvalCases(np.asarray(users, dtype=np.int64), histories, np.asarray(targets, dtype=np.int64))
+
+    def item_counts(self, protocol: Protocol = "loo") -> np.ndarray:
+        """Occurrences of each item in the training events (index 0 is always 0)."""
+        counts = np.zeros(self.num_items, dtype=np.int64)
+        for seq in self.train_sequences(protocol):
+            np.add.at(counts, seq, 1)
+        counts[PAD] = 0
+        return counts
+
+    def subset_users(self, n: int, seed: int = 0) -> TrainingData:
+        """The same catalog with ``n`` users drawn at random (small runs, tests)."""
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(self.num_users, size=min(n, self.num_users), replace=False))
+        return TrainingData(
+            source=self.source,
+            item_ids=self.item_ids,
+            item_texts=self.item_texts,
+            user_ids=self.user_ids[keep],
+            sequences=[self.sequences[i] for i in keep],
+            loo_split=[self.loo_split[i] for i in keep],
+            time_split=[self.time_split[i] for i in keep],
+        )
+
+
+# -- item text ---------------------------------------------------------------------------------
+def price_bucket(price: float | None) -> str:
+    """The price band of dim_items.price_bucket (closed lower, open upper bound)."""
+    if price is None or pd.isna(price):
+        return "unknown"
+    lower: int | None = None
+    for upper in PRICE_BANDS:
+        if price < upper:
+            return f"under {upper}" if lower is None else f"{lower}-{upper}"
+        lower = upper
+    return f"{PRICE_BANDS[-1]}+"
+
+
+def item_text(
+    item_id: str,
+    title: str | None = None,
+    brand: str | None = None,
+    categories: str | None = None,
+    price: float | None = None,
+    description: str | None = None,
+) -> str:
+    """The encoder's text for an item, assembled exactly as dim_items.item_text."""
+
+    def present(value: object) -> bool:
+        return value is not None and not (isinstance(value, float) and pd.isna(value))
+
+    band = f"price: {price_bucket(price)}" if present(price) else None
+    if not any(present(v) for v in (title, brand, categories, description)):
+        return " | ".join(p for p in (f"item {item_id}", band) if p)
+    parts = [
+        title if present(title) else None,
+        f"brand: {brand}" if present(brand) else None,
+        f"category: {categories}" if present(categories) else None,
+        band,
+        str(description)[:500] if present(description) else None,
+    ]
+    return " | ".join(str(p) for p in parts if p is not None)
+
+
+def _with_item_text(items: pd.DataFrame) -> pd.Series:
+    if "item_text" in items.columns:
+        return items["item_text"].astype(str)
+    return pd.Series(
+        [
+            item_text(
+                str(row.item_id),
+                getattr(row, "title", None),
+                getattr(row, "brand", None),
+                getattr(row, "categories", None),
+                getattr(row, "price", None),
+                getattr(row, "description", None),
+            )
+            for row in items.itertuples(index=False)
+        ],
+        index=items.index,
+    )
+
+
+# -- splits ------------------------------------------------------------------------------------
+def loo_labels(position: pd.Series, n_user_events: pd.Series) -> pd.Series:
+    """fct_training_examples.loo_split: last event test, the one before validation (>= 3 events)."""
+    labels = np.where(
+        n_user_events < 3,
+        "train",
+        np.where(
+            position == n_user_events, "test", np.where(position == n_user_events - 1, "validation", "train")
+        ),
+    )
+    return pd.Series(labels, index=position.index)
+
+
+def time_labels(event_ts: pd.Series) -> pd.Series:
+    """fct_training_examples.time_split: after the 80th / 90th percentile event time (discrete)."""
+    ordered = np.sort(event_ts.to_numpy())
+    n = len(ordered)
+    if n == 0:
+        return pd.Series([], dtype=object)
+
+    def disc(q: float) -> object:
+        # percentile_disc: the first value whose cumulative share reaches q.
+        return ordered[max(int(np.ceil(q * n)) - 1, 0)]
+
+    p80, p90 = disc(0.8), disc(0.9)
+    later80 = ordered[ordered > p80]
+    later90 = ordered[ordered > p90]
+    val_start = later80[0] if len(later80) else None
+    test_start = later90[0] if len(later90) else None
+    labels = np.full(n, "train", dtype=object)
+    ts = event_ts.to_numpy()
+    if val_start is not None:
+        labels[ts >= val_start] = "validation"
+    if test_start is not None:
+        labels[ts >= test_start] = "test"
+    return pd.Series(labels, index=event_ts.index)
+
+
+# -- constructors ------------------------------------------------------------------------------
+def from_frames(examples: pd.DataFrame, items: pd.DataFrame, source: str | None = None) -> TrainingData:
+    """Build :class:`TrainingData` from frames shaped like the marts.
+
+    Args:
+        examples: one row per interaction with ``user_id``, ``item_id`` and either ``position``
+            (1-based order in the user's history) or ``event_ts`` (+ optional ``sequence_number``)
+            to order by; ``loo_split`` / ``time_split`` are derived the mart's way when absent.
+        items: one row per catalog item with ``item_id`` and ``item_text`` (or ``title``,
+            ``brand``, ``categories``, ``price``, ``description`` to assemble it from).
+        source: keep only rows of this source when the frames have a ``source`` column.
+
+    Raises:
+        TrainingDataError: a required column is missing or empty.
+    """
+    if source is not None:
+        if "source" in examples.columns:
+            examples = examples[examples["source"] == source]
+        if "source" in items.columns:
+            items = items[items["source"] == source]
+    for frame_name, frame, required in (
+        ("examples", examples, ("user_id", "item_id")),
+        ("items", items, ("item_id",)),
+    ):
+        for column in required:
+            if column not in frame.columns:
+                raise TrainingDataError(frame_name, column, f"missing; found {list(frame.columns)}")
+            if frame[column].isna().any():
+                raise TrainingDataError(frame_name, column, "has nulls")
+    if "position" not in examples.columns and "event_ts" not in examples.columns:
+        raise TrainingDataError("examples", "position", "need position or event_ts to order histories")
+
+    ex = examples.copy()
+    ex["user_id"] = ex["user_id"].astype(str)
+    ex["item_id"] = ex["item_id"].astype(str)
+    if "position" not in ex.columns:
+        keys = ["user_id", "event_ts"] + (["sequence_number"] if "sequence_number" in ex.columns else [])
+        ex = ex.sort_values(keys, kind="stable")
+        ex["position"] = ex.groupby("user_id").cumcount() + 1
+    if "loo_split" not in ex.columns:
+        n_events = ex.groupby("user_id")["position"].transform("size")
+        ex["loo_split"] = loo_labels(ex["position"], n_events)
+    if "time_split" not in ex.columns:
+        ex["time_split"] = time_labels(ex["event_ts"]) if "event_ts" in ex.columns else "train"
+
+    catalog = items.drop_duplicates("item_id", keep="last").copy()
+    catalog["item_id"] = catalog["item_id"].astype(str)
+    catalog["item_text"] = _with_item_text(catalog)
+    text_of = dict(zip(catalog["item_id"], catalog["item_text"], strict=True))
+    # Interactions with an item missing from the catalog still resolve (as dim_items does).
+    for item in ex["item_id"].unique():
+        text_of.setdefault(item, f"item {item}")
+    ordered_ids = sorted(text_of)
+    item_ids = np.asarray([PAD_ID, *ordered_ids], dtype=object)
+    texts = ["", *(text_of[i] for i in ordered_ids)]
+    index = {item: i + 1 for i, item in enumerate(ordered_ids)}
+
+    ex = ex.sort_values(["user_id", "position"], kind="stable")
+    users = ex["user_id"].to_numpy()
+    items_idx = ex["item_id"].map(index).to_numpy(dtype=np.int64)
+    loo_codes = ex["loo_split"].map(SPLIT_CODES).fillna(0).to_numpy(dtype=np.int8)
+    time_codes = ex["time_split"].map(SPLIT_CODES).fillna(0).to_numpy(dtype=np.int8)
+    # One slice per user of the sorted arrays (a Python groupby loop is 10x slower).
+    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+    user_ids = users[np.r_[0, cuts]] if len(users) else users
+    sequences = np.split(items_idx, cuts) if len(users) else []
+    loo = np.split(loo_codes, cuts) if len(users) else []
+    time = np.split(time_codes, cuts) if len(users) else []
+    src = source or (
+        str(examples["source"].iloc[0]) if "source" in examples.columns and len(examples) else ""
+    )
+    return TrainingData(
+        source=src,
+        item_ids=item_ids,
+        item_texts=texts,
+        user_ids=np.asarray(user_ids, dtype=object),
+        sequences=list(sequences),
+        loo_split=list(loo),
+        time_split=list(time),
+    )
+
+
+def read_training_frames(
+    settings: Settings | None = None, source: str = "beauty"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The (examples, items) frames of one source, from the training marts.
+
+    ``marts.fct_training_examples`` gives the examples, ``marts.dim_items`` the items.
+    """
+    from ml.warehouse import Warehouse
+
+    warehouse = Warehouse(settings)
+    with warehouse.connect() as con:
+        examples = warehouse.read(
+            "select user_id, item_id, position, event_ts, sequence_number, loo_split, time_split "
+            "from marts.fct_training_examples where source = :source order by user_id, position",
+            {"source": source},
+            con,
+        )
+        items = warehouse.read(
+            "select item_id, item_text from marts.dim_items where source = :source order by item_id",
+            {"source": source},
+            con,
+        )
+    return examples, items
+
+
+def load_training_data(settings: Settings | None = None, source: str = "beauty") -> TrainingData:
+    """Read the training marts of one source (see :func:`read_training_frames`)."""
+    examples, items = read_training_frames(settings, source)
+    return from_frames(examples, items, source=source)
+
+
+def shipped_frames(
+    data_dir: Path, dataset: str = "amazon_beauty_2014_5core"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mart-shaped (examples, items) frames straight from the shipped Parquet files.
+
+    Histories are ordered by (timestamp, seq_pos): the order of the published S3-Rec split, so
+    the leave-one-out targets are the ones the published tables were measured on.
+    """
+    from ml.ingest import normalize_categories
+
+    folder = Path(data_dir) / dataset
+    raw = pd.read_parquet(
+        folder / "interactions.parquet", columns=["user_id", "item_id", "timestamp", "seq_pos"]
+    )
+    raw = raw.sort_values(["user_id", "timestamp", "seq_pos"], kind="stable")
+    examples = pd.DataFrame(
+        {
+            "user_id": raw["user_id"].astype(str).to_numpy(),
+            "item_id": raw["item_id"].astype(str).to_numpy(),
+            "event_ts": pd.to_datetime(raw["timestamp"].to_numpy(), unit="s"),
+            "sequence_number": raw["seq_pos"].to_numpy(),
+        }
+    )
+    examples["position"] = examples.groupby("user_id").cumcount() + 1
+    examples["n_user_events"] = examples.groupby("user_id")["position"].transform("size")
+    examples["loo_split"] = loo_labels(examples["position"], examples["n_user_events"])
+    examples["time_split"] = time_labels(examples["event_ts"])
+    items = pd.read_parquet(
+        folder / "items.parquet", columns=["item_id", "title", "categories", "brand", "price"]
+    )
+    items["categories"] = normalize_categories(items["categories"])
+    items["item_text"] = _with_item_text(items)
+    return examples, items
