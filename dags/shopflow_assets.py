@@ -16,3 +16,12 @@ MARTS = Asset(
 )
 """The warehouse marts, published by ``ingest_transform_validate`` after a run's marts pass
 validation. Each event's ``extra`` carries the interval, row counts and the dbt/GX run ids."""
+
+MODEL = Asset(
+    name="shopflow_model",
+    uri="shopflow://registry/shopflow_recommender",
+    group="shopflow",
+    extra={"description": "The recommender versions in the BentoML model store, with gate decisions."},
+)
+"""Emitted by ``train_recommender`` after each gate decision; ``extra`` carries the challenger's tag,
+both metric values and whether it was promoted."""

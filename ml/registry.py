@@ -20,6 +20,7 @@ from typing import Any
 from ml.settings import Settings, get_settings
 
 MODEL_NAME = "shopflow_recommender"
+METADATA_FILE = "shopflow_metadata.json"
 
 
 class RegistryError(RuntimeError):
@@ -67,6 +68,15 @@ def _store(settings: Settings) -> Any:
     return ModelStore(str(folder))
 
 
+def _without_nulls(value: Any) -> Any:
+    """BentoML metadata accepts only basic types, not None: drop the empty entries."""
+    if isinstance(value, dict):
+        return {str(k): _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_without_nulls(v) for v in value if v is not None]
+    return value
+
+
 def _ledger_dir(settings: Settings) -> Path:
     folder = settings.bentoml_home / "shopflow"
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,14 +121,16 @@ def register(
     settings = settings or get_settings()
     import bentoml
 
-    metadata = {"metrics": metrics, "config": config, "lineage": lineage}
+    metadata = json.loads(json.dumps({"metrics": metrics, "config": config, "lineage": lineage}, default=str))
     with bentoml.models.create(
         name=MODEL_NAME,
-        metadata=json.loads(json.dumps(metadata, default=str)),
+        metadata=_without_nulls(metadata),
         labels={"owner": "shopflow"},
         _model_store=_store(settings),
     ) as ref:
         shutil.copytree(model_dir, ref.path, dirs_exist_ok=True)
+        # The complete record, nulls included, travels with the files.
+        (Path(ref.path) / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     return get(str(ref.tag), settings)
 
 

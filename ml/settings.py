@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +84,22 @@ class Settings(BaseSettings):
         200, description="Baskets with more distinct items than this are not used for co-purchase pairs."
     )
 
+    train_source: str = Field("beauty", description="Landing source whose marts the recommender trains on.")
+    train_max_users: int | None = Field(
+        None, description="Train on a random slice of this many users (demo/tests); None = all users."
+    )
+    train_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description='TrainConfig overrides (JSON), e.g. {"mode": "lora", "epochs": 30}; a run\'s '
+        "conf overrides these in turn.",
+    )
+    baselines: list[str] = Field(
+        default_factory=lambda: ["popularity", "item_knn", "sasrec"],
+        description="Baselines trained and evaluated beside every challenger, same split.",
+    )
+    training_queue: str = Field(
+        "default", description="Airflow queue of the training task; 'gpu' routes it to GPU workers."
+    )
     gate_metric: str = Field(
         "ndcg@10", description="Validation metric a challenger must improve to be promoted."
     )

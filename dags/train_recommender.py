@@ -1,0 +1,121 @@
+"""
+### train_recommender
+
+Trains a challenger recommender on the published marts and promotes it only when it is
+measurably better.
+
+1. **build_dataset** - snapshot `marts.fct_training_examples` + `marts.dim_items` of the training
+   source into the run folder, so every later task sees the same data.
+2. **train** - fine-tune the pretrained text encoder + sequence model (`SHOPFLOW_TRAIN_OVERRIDES`
+   and the run conf's `overrides`: mode frozen / lora / full, epochs, ...). Routed to the Airflow
+   queue `SHOPFLOW_TRAINING_QUEUE` (`gpu` in production); resumes from its checkpoint on retry.
+3. **evaluate** - full-catalog leave-one-out metrics of the challenger and of the baselines
+   (popularity, item-kNN, SASRec) on the same split; writes the run report (tables + plots).
+4. **register** - a new version in the BentoML model store with metrics, config and lineage
+   (the marts Asset events that triggered the run, git sha).
+5. **gate** - promote when validation NDCG@10 beats the champion's by `SHOPFLOW_PROMOTION_MARGIN`;
+   the decision and both numbers are recorded either way; emits the `shopflow_model` Asset.
+
+**Triggers.** Scheduled on the `shopflow_marts` Asset (each published ingest run), or by hand /
+by the monitor with conf `{"reason": "...", "overrides": {...}}`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from ml.orchestration import jsonable, utc_midnight
+from ml.settings import get_settings
+from shopflow_assets import MARTS, MODEL
+
+DAG_ID = "train_recommender"
+_settings = get_settings()
+
+
+def _run_id() -> str:
+    return str(get_current_context()["run_id"])
+
+
+def _overrides() -> dict[str, Any]:
+    return dict(get_current_context()["params"].get("overrides") or {})
+
+
+def _lineage() -> dict[str, Any]:
+    """Why this run happened: the conf's reason and the marts events that triggered it."""
+    context = get_current_context()
+    events = context.get("triggering_asset_events") or {}
+    marts_events = [
+        {"timestamp": str(e.timestamp), "extra": dict(e.extra or {})}
+        for asset_events in events.values()
+        for e in asset_events
+    ]
+    return {"reason": context["params"].get("reason"), "marts_events": jsonable(marts_events)}
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=[MARTS],
+    start_date=utc_midnight(_settings.replay_history_end),
+    catchup=False,
+    max_active_runs=1,
+    tags=["shopflow", "training", "bentoml"],
+    default_args={
+        "owner": "shopflow-ml",
+        "retries": 1,
+        "retry_delay": timedelta(seconds=30),
+        "execution_timeout": timedelta(hours=6),
+    },
+    params={
+        "reason": Param("marts updated", type="string", description="Why this run: shown in lineage."),
+        "overrides": Param({}, type="object", description="TrainConfig overrides for this run."),
+    },
+    doc_md=__doc__,
+)
+def train_recommender() -> None:
+    @task
+    def build_dataset() -> dict[str, Any]:
+        """Snapshot the training marts into the run folder (`ml.training.build_dataset`)."""
+        from ml.training import build_dataset as run
+
+        return run(_run_id())
+
+    @task(queue=_settings.training_queue)
+    def train(dataset: dict[str, Any]) -> dict[str, Any]:
+        """Fine-tune the challenger on the snapshot (`ml.training.train_challenger`)."""
+        from ml.training import train_challenger
+
+        return train_challenger(_run_id(), _overrides())
+
+    @task
+    def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
+        """Challenger and baselines on the same split; the run report (`ml.training.evaluate_challenger`)."""
+        from ml.training import evaluate_challenger
+
+        return evaluate_challenger(_run_id(), _overrides())
+
+    @task
+    def register(evaluation: dict[str, Any]) -> dict[str, Any]:
+        """Save the challenger in the BentoML model store with metrics and lineage
+        (`ml.training.register_challenger`)."""
+        from ml.training import register_challenger
+
+        return register_challenger(_run_id(), evaluation, _lineage(), _overrides())
+
+    @task(outlets=[MODEL])
+    def gate(registered: dict[str, Any]) -> dict[str, Any]:
+        """Promote the challenger only if it beats the champion by the margin; record the decision
+        (`ml.training.gate_challenger`)."""
+        from ml.training import gate_challenger
+
+        decision = gate_challenger(registered["tag"], _run_id())
+        get_current_context()["outlet_events"][MODEL].extra = dict(jsonable(decision))
+        return decision
+
+    # At parse time TaskFlow calls return XComArgs that resolve to the dicts at run time.
+    gate(register(evaluate(train(build_dataset()))))  # type: ignore[arg-type]
+
+
+train_recommender()

@@ -1,0 +1,192 @@
+"""The training run, stage by stage: what each task of the ``train_recommender`` DAG calls.
+
+Stages hand over through one run folder, ``<work_dir>/runs/<run id>/``:
+
+    build_dataset   → dataset/examples.parquet, dataset/items.parquet (a snapshot of the marts)
+    train_challenger→ train/model/ (weights, config, item table), train/history.json
+    evaluate_challenger → report/ (metrics.json, metrics.md, loss.png, comparison.png)
+    register_challenger → a version in the BentoML model store
+    gate_challenger → the recorded decision; promotes when the challenger wins
+
+The snapshot is taken once, so every stage of a run sees the same data even if an ingest run
+rebuilds the marts meanwhile. Each stage returns a small JSON-able dict (Airflow XCom).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ml.settings import Settings, get_settings
+
+DATASET, TRAIN, REPORT = "dataset", "train", "report"
+
+
+def run_dir(run_id: str, settings: Settings | None = None) -> Path:
+    """The run's folder (run ids of Airflow contain ':' and '+', kept out of paths)."""
+    settings = settings or get_settings()
+    return settings.work_dir / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
+def git_sha() -> str | None:
+    """The checkout's commit, for lineage (None outside a git checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def train_config(settings: Settings, overrides: dict[str, Any] | None = None) -> Any:
+    """TrainConfig from settings.train_overrides, then the run's own overrides."""
+    from ml.train import TrainConfig
+
+    values = {
+        "cache_dir": settings.work_dir / "cache",
+        **settings.train_overrides,
+        **(overrides or {}),
+    }
+    return TrainConfig(**values)
+
+
+def _load(run_id: str, settings: Settings) -> Any:
+    import pandas as pd
+
+    from ml.datasets import from_frames
+
+    folder = run_dir(run_id, settings) / DATASET
+    return from_frames(
+        pd.read_parquet(folder / "examples.parquet"), pd.read_parquet(folder / "items.parquet")
+    )
+
+
+def build_dataset(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Snapshot the training marts of ``settings.train_source`` (optionally a user slice)."""
+    from ml.datasets import read_training_frames
+
+    settings = settings or get_settings()
+    examples, items = read_training_frames(settings, settings.train_source)
+    if settings.train_max_users is not None:
+        users = examples["user_id"].drop_duplicates().sort_values()
+        keep = users.sample(min(settings.train_max_users, len(users)), random_state=0)
+        examples = examples[examples["user_id"].isin(set(keep))]
+    folder = run_dir(run_id, settings) / DATASET
+    folder.mkdir(parents=True, exist_ok=True)
+    examples.to_parquet(folder / "examples.parquet", index=False)
+    items.to_parquet(folder / "items.parquet", index=False)
+    data = _load(run_id, settings)
+    return {
+        "source": settings.train_source,
+        "users": data.num_users,
+        "items": data.num_items,
+        "interactions": data.num_interactions,
+        "dataset_dir": str(folder),
+    }
+
+
+def train_challenger(
+    run_id: str, overrides: dict[str, Any] | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Fine-tune the recommender on the run's snapshot (resumes from its checkpoint on retry)."""
+    from ml.train import train
+
+    settings = settings or get_settings()
+    config = train_config(settings, overrides)
+    result = train(_load(run_id, settings), config, run_dir(run_id, settings) / TRAIN)
+    return {
+        "model_dir": str(result.model_dir),
+        "best_epoch": result.best_epoch,
+        "validation_ndcg@10": result.best_metric,
+        "train_seconds": round(result.train_seconds, 1),
+        "device": result.device,
+        "config": json.loads(config.model_dump_json()),
+    }
+
+
+def evaluate_challenger(
+    run_id: str, overrides: dict[str, Any] | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Test and validation metrics of the challenger and of the baselines, same split; the run report."""
+    from ml.baselines import evaluate_baselines
+    from ml.evaluate import evaluate
+    from ml.model import load
+    from ml.report import write_run_report
+
+    settings = settings or get_settings()
+    folder = run_dir(run_id, settings)
+    data = _load(run_id, settings)
+    model = load(folder / TRAIN / "model")
+    config = train_config(settings, overrides)
+    history = json.loads((folder / TRAIN / "history.json").read_text())
+    ours = {
+        **evaluate(model, data, "test", config.protocol),
+        "train_seconds": sum(h.get("seconds", 0.0) for h in history),
+    }
+    validation = evaluate(model, data, "validation", config.protocol)
+    sasrec = config.model_copy(update={"cache_dir": config.cache_dir})
+    baselines = evaluate_baselines(
+        data, "test", config.protocol, folder / "baselines", sasrec=sasrec, include=settings.baselines
+    )
+    models = {"shopflow": ours, **baselines}
+    paths = write_run_report(
+        folder / REPORT,
+        models=models,
+        history=history,
+        extra={"validation": validation, "protocol": config.protocol, "run_id": run_id},
+    )
+    return {
+        "metrics": {"validation": validation, "test": ours, "baselines": baselines},
+        "report_dir": str(folder / REPORT),
+        "report_files": {k: str(v) for k, v in paths.items()},
+    }
+
+
+def register_challenger(
+    run_id: str,
+    evaluation: dict[str, Any],
+    lineage: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Save model + report in the BentoML model store with metrics, config and lineage."""
+    import shutil
+
+    from ml import registry
+
+    settings = settings or get_settings()
+    folder = run_dir(run_id, settings)
+    package = folder / "package"
+    shutil.rmtree(package, ignore_errors=True)
+    shutil.copytree(folder / TRAIN / "model", package / "model")
+    shutil.copytree(folder / REPORT, package / "report")
+    version = registry.register(
+        package,
+        metrics=evaluation["metrics"],
+        config=json.loads(train_config(settings, overrides).model_dump_json()),
+        lineage={"run_id": run_id, "git_sha": git_sha(), "source": settings.train_source, **(lineage or {})},
+        settings=settings,
+    )
+    return {"tag": version.tag, "path": str(version.path)}
+
+
+def gate_challenger(tag: str, run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Record the gate decision; promote the challenger when it beats the champion by the margin."""
+    from dataclasses import asdict
+
+    from ml import registry
+
+    settings = settings or get_settings()
+    decision = registry.evaluate_gate(tag, settings, run_id=run_id)
+    if decision.promoted:
+        registry.promote(tag, settings, reason=decision.reason)
+    return {**asdict(decision), "champion_now": registry.champion(settings)}
