@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,6 +26,10 @@ Day = Annotated[datetime, typer.Argument(formats=["%Y-%m-%d"], help="A day, YYYY
 
 def _run_id(prefix: str) -> str:
     return f"cli__{prefix}__{uuid.uuid4().hex[:8]}"
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def _fail(error: Exception) -> None:
@@ -154,6 +159,112 @@ def demo() -> None:
     typer.echo(render_runs(result))
     typer.echo("")
     typer.echo(render(warehouse_summary(settings)))
+
+
+@app.command()
+def train(
+    overrides: Annotated[
+        str | None,
+        typer.Option(help='TrainConfig overrides as JSON, e.g. \'{"mode": "lora", "epochs": 5}\'.'),
+    ] = None,
+    max_users: Annotated[int | None, typer.Option(help="Train on a random slice of this many users.")] = None,
+) -> None:
+    """Train a challenger on the marts, evaluate it with the baselines, register it and gate it."""
+    from ml import training
+
+    settings = get_settings()
+    if max_users is not None:
+        settings = settings.model_copy(update={"train_max_users": max_users})
+    extra = json.loads(overrides) if overrides else {}
+    run_id = _run_id("train")
+    dataset = training.build_dataset(run_id, settings)
+    typer.echo(
+        f"dataset: {dataset['users']:,} users, {dataset['items']:,} items, {dataset['interactions']:,} events"
+    )
+    trained = training.train_challenger(run_id, extra, settings)
+    typer.echo(
+        f"trained: best epoch {trained['best_epoch']}, "
+        f"{trained['train_seconds']:.0f} s on {trained['device']}"
+    )
+    evaluation = training.evaluate_challenger(run_id, extra, settings)
+    typer.echo((Path(evaluation["report_dir"]) / "metrics.md").read_text())
+    registered = training.register_challenger(run_id, evaluation, {"reason": "cli"}, extra, settings)
+    decision = training.gate_challenger(registered["tag"], run_id, settings)
+    verdict = "PROMOTED" if decision["promoted"] else "rejected"
+    typer.echo(f"{registered['tag']}: {verdict} — {decision['reason']}")
+    typer.echo(f"report: {evaluation['report_dir']}")
+
+
+models_app = typer.Typer(
+    help="The model registry (BentoML model store) and the champion.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every registered version with its validation and test NDCG@10; * marks the champion."""
+    from ml import registry
+
+    settings = get_settings()
+    champion = registry.champion(settings)
+    metric = settings.gate_metric
+    typer.echo(f"  {'tag':<44} {'created':<26} {'val ' + metric:>12} {'test ' + metric:>12}")
+    for version in registry.list_versions(settings):
+        val, test = (version.metric(split, metric) for split in ("validation", "test"))
+        mark = "*" if version.tag == champion else " "
+        typer.echo(f"{mark} {version.tag:<44} {version.created:<26} {_number(val):>12} {_number(test):>12}")
+
+
+@models_app.command("show")
+def models_show(
+    tag: Annotated[str, typer.Argument(help="Version tag, 'latest' or 'champion'.")] = "champion",
+) -> None:
+    """Metrics, config and lineage of one version, and its gate decisions."""
+    from ml import registry
+
+    settings = get_settings()
+    try:
+        version = registry.get(tag, settings)
+    except registry.RegistryError as error:
+        _fail(error)
+    typer.echo(
+        json.dumps(
+            {"tag": version.tag, "created": version.created, "path": str(version.path), **version.metadata},
+            indent=2,
+            default=str,
+        )
+    )
+    for decision in registry.decisions(settings):
+        if version.tag in (decision.get("challenger"), decision.get("champion")):
+            typer.echo(json.dumps(decision, default=str))
+
+
+@models_app.command("promote")
+def models_promote(
+    tag: Annotated[str, typer.Argument(help="Version tag to make the champion.")],
+    reason: Annotated[str, typer.Option(help="Recorded with the decision.")] = "manual promotion",
+) -> None:
+    """Make a version the champion by hand (recorded; the previous champion is kept for rollback)."""
+    from ml import registry
+
+    try:
+        typer.echo(f"champion: {registry.promote(tag, get_settings(), reason=reason)}")
+    except registry.RegistryError as error:
+        _fail(error)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    reason: Annotated[str, typer.Option(help="Recorded with the decision.")] = "manual rollback",
+) -> None:
+    """Make the previous champion the champion again."""
+    from ml import registry
+
+    try:
+        typer.echo(f"champion: {registry.rollback(get_settings(), reason=reason)}")
+    except registry.RegistryError as error:
+        _fail(error)
 
 
 @app.command("settings")
