@@ -148,17 +148,33 @@ def summary() -> None:
 
 
 @app.command()
-def demo() -> None:
-    """The main job: replay the training period through Airflow's real scheduler, then summarise."""
-    from ml.demo import render_runs, run_demo
+def demo(
+    train_users: Annotated[
+        int, typer.Option(help="Users in the training slice (the whole catalog is always ranked).")
+    ] = 4000,
+    epochs: Annotated[int, typer.Option(help="Maximum training epochs (early stopping on NDCG@10).")] = 8,
+    full_data: Annotated[bool, typer.Option("--full-data", help="Train on every user (slower).")] = False,
+) -> None:
+    """The main job: replay the training period through Airflow's real scheduler (ingest → dbt → GX
+    → publish), let the published marts trigger training (train → evaluate → register → gate),
+    then summarise."""
+    from ml.demo import render_models, render_runs, run_demo
     from ml.summary import render, warehouse_summary
 
     settings = get_settings()
+    settings = settings.model_copy(
+        update={
+            "train_max_users": None if full_data else train_users,
+            "train_overrides": {"epochs": epochs, **settings.train_overrides},
+        }
+    )
     result = run_demo(settings, echo=typer.echo)
     typer.echo("")
     typer.echo(render_runs(result))
     typer.echo("")
     typer.echo(render(warehouse_summary(settings)))
+    typer.echo("")
+    typer.echo(render_models(settings))
 
 
 @app.command()
