@@ -185,12 +185,22 @@ def decisions(settings: Settings | None = None) -> list[dict[str, Any]]:
 
 
 def evaluate_gate(
-    challenger_tag: str, settings: Settings | None = None, run_id: str | None = None
+    challenger_tag: str,
+    settings: Settings | None = None,
+    run_id: str | None = None,
+    champion_value: float | None = None,
 ) -> GateDecision:
     """Decide whether a challenger beats the champion on the validation metric by the margin.
 
-    The decision is recorded (with both numbers) whichever way it goes; it promotes nothing —
-    promotion waits until the Bento built from the challenger has answered its smoke queries.
+    Args:
+        challenger_tag: the registered challenger.
+        settings: ShopFlow settings (metric, margin, store).
+        run_id: recorded with the decision.
+        champion_value: the champion's metric re-measured on the challenger's own validation
+            split. Without it the champion's registered value is used, which was measured on
+            the older snapshot it trained on; the reason then says so.
+
+    The decision is recorded (with both numbers) whichever way it goes; it promotes nothing.
     """
     settings = settings or get_settings()
     challenger = get(challenger_tag, settings)
@@ -199,20 +209,23 @@ def evaluate_gate(
     if value is None:
         raise RegistryError(f"{challenger.tag} has no validation {metric!r} in its metrics")
     current = champion(settings)
-    champion_value = get(current, settings).metric("validation", metric) if current else None
+    basis = "re-scored on the same split"
+    if current is not None and champion_value is None:
+        champion_value = get(current, settings).metric("validation", metric)
+        basis = "as registered, on its own snapshot"
     if champion_value is None:
         promoted, reason = True, "no champion yet"
     elif value >= champion_value + settings.promotion_margin:
         promoted = True
         reason = (
-            f"validation {metric} {value:.5f} beats the champion's {champion_value:.5f} "
+            f"validation {metric} {value:.5f} beats the champion's {champion_value:.5f} ({basis}) "
             f"by at least the margin {settings.promotion_margin}"
         )
     else:
         promoted = False
         reason = (
             f"validation {metric} {value:.5f} does not beat the champion's {champion_value:.5f} "
-            f"by the margin {settings.promotion_margin}"
+            f"({basis}) by the margin {settings.promotion_margin}"
         )
     decision = GateDecision(
         challenger=challenger.tag,

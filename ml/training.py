@@ -70,6 +70,52 @@ def _load(run_id: str, settings: Settings) -> Any:
     )
 
 
+class _AlignedScorer:
+    """A registered model scoring in another snapshot's item indices.
+
+    The champion was trained on an older snapshot: items new since then join it by their text
+    (as they would in serving), and its scores are reordered into this snapshot's vocabulary,
+    so champion and challenger are measured on exactly the same cases.
+    """
+
+    def __init__(self, model: Any, data: Any) -> None:
+        import numpy as np
+
+        ids = [str(i) for i in data.item_ids[1:]]
+        texts = data.item_texts[1:]
+        missing = [(i, t) for i, t in zip(ids, texts, strict=True) if i not in model._index]
+        if missing and model.config.use_text:
+            model.add_items([i for i, _ in missing], [t for _, t in missing])
+        # Items the model cannot know (an ID-only champion meeting new items) map to padding.
+        self.columns = np.array([0] + [model._index.get(i, 0) for i in ids])
+        self.model = model
+
+    def score(self, histories: Any) -> Any:
+        import numpy as np
+
+        mapped = [self.columns[np.asarray(h, dtype=np.int64)] for h in histories]
+        scores = self.model.score(mapped)[:, self.columns]
+        scores[:, self.columns == 0] = -np.inf
+        return scores
+
+
+def _evaluate_champion(data: Any, protocol: str, settings: Settings) -> dict[str, Any] | None:
+    """Champion's validation and test metrics on this run's split (None before the first champion)."""
+    from ml import registry
+    from ml.evaluate import evaluate
+    from ml.model import load
+
+    tag = registry.champion(settings)
+    if tag is None:
+        return None
+    scorer = _AlignedScorer(load(registry.get(tag, settings).path / "model"), data)
+    return {
+        "tag": tag,
+        "validation": evaluate(scorer, data, "validation", protocol),  # type: ignore[arg-type]
+        "test": evaluate(scorer, data, "test", protocol),  # type: ignore[arg-type]
+    }
+
+
 def build_dataset(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """Snapshot the training marts of ``settings.train_source`` (optionally a user slice)."""
     from ml.datasets import read_training_frames
@@ -137,7 +183,8 @@ def evaluate_challenger(
     baselines = evaluate_baselines(
         data, "test", config.protocol, folder / "baselines", sasrec=sasrec, include=settings.baselines
     )
-    models = {"shopflow": ours, **baselines}
+    champion = _evaluate_champion(data, config.protocol, settings)
+    models = {"shopflow": ours, **({"champion": champion["test"]} if champion else {}), **baselines}
     paths = write_run_report(
         folder / REPORT,
         models=models,
@@ -145,7 +192,7 @@ def evaluate_challenger(
         extra={"validation": validation, "protocol": config.protocol, "run_id": run_id},
     )
     return {
-        "metrics": {"validation": validation, "test": ours, "baselines": baselines},
+        "metrics": {"validation": validation, "test": ours, "baselines": baselines, "champion": champion},
         "report_dir": str(folder / REPORT),
         "report_files": {k: str(v) for k, v in paths.items()},
     }
@@ -186,7 +233,15 @@ def gate_challenger(tag: str, run_id: str, settings: Settings | None = None) -> 
     from ml import registry
 
     settings = settings or get_settings()
-    decision = registry.evaluate_gate(tag, settings, run_id=run_id)
+    # The champion re-scored on this run's split, recorded at registration (same cases).
+    rescored = registry.get(tag, settings).metrics.get("champion") or {}
+    same_split = rescored.get("validation", {}).get(settings.gate_metric)
+    decision = registry.evaluate_gate(
+        tag,
+        settings,
+        run_id=run_id,
+        champion_value=same_split if rescored.get("tag") == registry.champion(settings) else None,
+    )
     if decision.promoted:
         registry.promote(tag, settings, reason=decision.reason)
     return {**asdict(decision), "champion_now": registry.champion(settings)}

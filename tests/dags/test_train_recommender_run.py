@@ -86,6 +86,14 @@ def test_train_dag_promotes_a_first_model_and_rejects_a_weaker_one(
     rejected = weak.get_task_instance("gate").xcom_pull(task_ids="gate")
     assert not rejected["promoted"]
     assert rejected["challenger_value"] < rejected["champion_value"] + train_settings.promotion_margin
+    # The champion was re-scored on this run's split (same cases), and that number decided.
+    assert "re-scored on the same split" in rejected["reason"]
+    weak_version = registry.get(rejected["challenger"], train_settings)
+    rescored = weak_version.metrics["champion"]
+    assert rescored["tag"] == champion
+    assert rescored["validation"]["ndcg@10"] == pytest.approx(rejected["champion_value"])
+    weak_report = json.loads((weak_version.path / "report" / "metrics.json").read_text())
+    assert set(weak_report["models"]) == {"shopflow", "champion", "popularity", "item_knn"}
     assert registry.champion(train_settings) == champion
     assert len(registry.list_versions(train_settings)) == 2
     assert [d["event"] for d in registry.decisions(train_settings)] == ["gate", "promote", "gate"]

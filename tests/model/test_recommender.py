@@ -185,3 +185,48 @@ def test_sasrec_needs_no_encoder(planted_data: TrainingData, tmp_path: Path) -> 
     assert not result.model.config.use_text
     with pytest.raises(ValueError, match="text"):
         result.model.search("lipstick")
+
+
+# -- the champion re-scored on a challenger's split (ml.training._AlignedScorer) -------------------
+
+
+def _frames_of(data: TrainingData) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows = [
+        {"user_id": str(user), "item_id": str(data.item_ids[item]), "position": position}
+        for user, sequence in zip(data.user_ids, data.sequences, strict=True)
+        for position, item in enumerate(sequence, start=1)
+    ]
+    items = pd.DataFrame({"item_id": data.item_ids[1:], "item_text": data.item_texts[1:]})
+    return pd.DataFrame(rows), items
+
+
+def test_aligned_scorer_on_the_models_own_data_changes_nothing(
+    planted_run: TrainResult, planted_data: TrainingData
+) -> None:
+    from ml.training import _AlignedScorer
+
+    own = evaluate(planted_run.model, planted_data, "test")
+    aligned = evaluate(_AlignedScorer(planted_run.model, planted_data), planted_data, "test")  # type: ignore[arg-type]
+    for metric in ("recall@5", "ndcg@10", "mrr"):
+        assert aligned[metric] == pytest.approx(own[metric])
+
+
+def test_aligned_scorer_follows_a_reordered_and_grown_catalog(
+    planted_run: TrainResult, planted_data: TrainingData
+) -> None:
+    from ml.training import _AlignedScorer
+
+    examples, items = _frames_of(planted_data)
+    # A later snapshot: the catalog lists items in another order and has two new products.
+    new = pd.DataFrame({"item_id": ["n001", "n002"], "item_text": ["pink lipstick new", "blue shampoo new"]})
+    later = from_frames(examples, pd.concat([new, items.iloc[::-1]], ignore_index=True), source="toy")
+    model = planted_run.model
+    history = ["i001", "i002"]
+    direct = model.score([[model.index_of(i) for i in history]])
+    scores = _AlignedScorer(model, later).score([[later.item_index[i] for i in history]])
+    assert scores.shape == (1, later.num_items)
+    for item in ("i005", "i017", "i030"):
+        assert scores[0, later.item_index[item]] == pytest.approx(direct[0, model.index_of(item)])
+    assert np.isfinite(
+        scores[0, [later.item_index["n001"], later.item_index["n002"]]]
+    ).all()  # joined by text
