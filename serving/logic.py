@@ -1,0 +1,418 @@
+"""What the Bento serves, without BentoML: a loaded champion with its retrieval indexes and log.
+
+:class:`ServingModel` wraps a registered model version (``<version>/model`` is what
+``ml.model.save`` wrote) and answers recommend / similar / search in plain Python, so the logic is
+tested in-process and the BentoML service (``serving/service.py``) is only IO and status codes.
+
+Retrieval is exact maximum inner product through faiss (``IndexFlatIP``): over the model's item
+table for recommendations (the score the model was trained to rank by), and over L2-normalised
+vectors (cosine) for similar items and text search. Flat indexes are exact and, at catalog sizes
+of 10^4-10^5 items, answer in well under a millisecond; an IVF/HNSW index is a drop-in swap past that.
+
+User histories: a user id is looked up in ``histories.parquet`` (columns user_id, item_id,
+position) beside ``model/`` in the version folder (see :func:`write_histories`), else in the
+training run's dataset snapshot named by the version's lineage (``<work_dir>/runs/<run_id>/dataset``).
+Without either, only explicit ``recent_items`` histories are personalised; unknown users get the
+cold-start answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HISTORIES_FILE = "histories.parquet"
+METADATA_FILE = "shopflow_metadata.json"
+LOG_DIR_NAME = "serving_logs"
+
+
+class ServingError(Exception):
+    """A request the service cannot answer, with the HTTP status it maps to."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def user_hash(user_id: str | None) -> str | None:
+    """A short, stable digest of a user id for the request log (ids never appear in logs)."""
+    if user_id is None:
+        return None
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
+
+
+def title_of(text: str) -> str:
+    """The title part of an item text (``title | brand: ... | category: ...``)."""
+    return text.split(" | ", 1)[0].strip()
+
+
+def write_histories(examples: Any, folder: Path | str) -> Path:
+    """Save per-user histories (a frame with user_id, item_id, position) for user lookups.
+
+    Call this on the training snapshot when packaging a version (beside ``model/``), so the
+    served Bento knows the users the model was trained on.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(examples)[["user_id", "item_id", "position"]].astype(
+        {"user_id": str, "item_id": str}
+    )
+    out = Path(folder) / HISTORIES_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.sort_values(["user_id", "position"], kind="stable").to_parquet(out, index=False)
+    return out
+
+
+def _read_histories(path: Path) -> dict[str, list[str]]:
+    import pandas as pd
+
+    frame = pd.read_parquet(path, columns=["user_id", "item_id", "position"])
+    frame = frame.sort_values(["user_id", "position"], kind="stable")
+    return {
+        str(user): [str(i) for i in group["item_id"]] for user, group in frame.groupby("user_id", sort=False)
+    }
+
+
+def _find_histories(version_dir: Path, work_dir: Path | None) -> tuple[dict[str, list[str]], str]:
+    """User histories for the version and where they came from ('none' when there are none)."""
+    for candidate in (version_dir / HISTORIES_FILE, version_dir / "model" / HISTORIES_FILE):
+        if candidate.exists():
+            return _read_histories(candidate), str(candidate)
+    meta_file = version_dir / METADATA_FILE
+    if work_dir is not None and meta_file.exists():
+        run_id = json.loads(meta_file.read_text()).get("lineage", {}).get("run_id")
+        if run_id:
+            from ml.settings import Settings
+            from ml.training import run_dir
+
+            snapshot = run_dir(run_id, Settings(work_dir=work_dir)) / "dataset" / "examples.parquet"
+            if snapshot.exists():
+                return _read_histories(snapshot), str(snapshot)
+    return {}, "none"
+
+
+class _LRU:
+    """A small thread-safe LRU map (hot users' vectors); BentoML runs sync APIs in threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Any) -> np.ndarray | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: Any, value: np.ndarray) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class RequestLog:
+    """Requests and responses as JSON lines, one file per UTC day, for the monitoring ingest."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+
+    def path_for(self, when: datetime) -> Path:
+        return self.folder / f"requests-{when:%Y-%m-%d}.jsonl"
+
+    def write(self, record: dict[str, Any]) -> None:
+        now = datetime.now(UTC)
+        line = json.dumps({"timestamp": now.isoformat(timespec="milliseconds"), **record}, default=str)
+        with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with self.path_for(now).open("a") as out:
+                out.write(line + "\n")
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: str
+    title: str
+    score: float
+    reason: str | None = None
+
+
+def _normalized(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.ascontiguousarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def _flat_index(matrix: np.ndarray) -> Any:
+    import faiss
+
+    index = faiss.IndexFlatIP(matrix.shape[1])
+    index.add(np.ascontiguousarray(matrix, dtype=np.float32))
+    return index
+
+
+class ServingModel:
+    """A registered model version ready to answer requests.
+
+    Args:
+        version_dir: the registered version's folder (holds ``model/``).
+        tag: the version's tag, written in every log line.
+        log_dir: where the request log goes (``<work_dir>/serving_logs``).
+        work_dir: ShopFlow work dir, to find the training snapshot's user histories.
+        cache_size: hot users whose vectors are kept (LRU).
+    """
+
+    def __init__(
+        self,
+        version_dir: Path | str,
+        tag: str,
+        log_dir: Path | str,
+        work_dir: Path | str | None = None,
+        cache_size: int = 10_000,
+    ) -> None:
+        import torch
+
+        from ml.model import load
+
+        self.version_dir = Path(version_dir)
+        self.tag = tag
+        self.model = load(self.version_dir / "model")
+        self.log = RequestLog(Path(log_dir))
+        self.user_cache = _LRU(cache_size)
+        model = self.model
+        self.item_ids = list(model.item_ids)
+        self.titles = [title_of(t) for t in model.item_texts]
+        # Precomputed once: the item table the user vectors are scored against, its cosine copy
+        # (similar items, reasons), and the normalised text space (cold items, search).
+        self.table = model.cached_table().cpu().numpy().astype(np.float32)
+        self.table_index = _flat_index(self.table)
+        self.unit_table = _normalized(self.table)
+        self.unit_table_index = _flat_index(self.unit_table)
+        self.warm = model.warm.cpu().numpy() > 0
+        self.unit_text: np.ndarray | None = None
+        self.text_index: Any = None
+        if model.config.use_text:
+            self.unit_text = _normalized(model.text_embeddings.cpu().numpy())
+            self.text_index = _flat_index(self.unit_text)
+        self.histories, self.histories_source = _find_histories(
+            self.version_dir, Path(work_dir) if work_dir else None
+        )
+        self.popular = self._popularity()
+        self._lock = threading.Lock()  # torch modules are not re-entrant across threads
+        torch.set_grad_enabled(False)
+
+    def warm_up(self) -> None:
+        """Load the text encoder and run each path once, so the first request is not the slow one."""
+        if self.text_index is not None:
+            self.encode_queries(["warm up"])
+        if len(self.item_ids) > 1:
+            self._user_vector([1])
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _popularity(self) -> list[int]:
+        """Item indices by how many known users interacted with them (warm items first)."""
+        counts = np.zeros(len(self.item_ids), dtype=np.int64)
+        index = self.model._index
+        for history in self.histories.values():
+            for item in history:
+                i = index.get(item)
+                if i is not None:
+                    counts[i] += 1
+        counts = counts + self.warm.astype(np.int64)  # ties broken towards items the model learned
+        counts[0] = -1
+        order = np.argsort(-counts, kind="stable")
+        return [int(i) for i in order if i != 0]
+
+    def _hit(self, i: int, score: float, reason: str | None = None) -> Hit:
+        return Hit(self.item_ids[i], self.titles[i], round(float(score), 6), reason)
+
+    def _search(self, index: Any, query: np.ndarray, k: int, exclude: set[int]) -> list[tuple[int, float]]:
+        """Top-k (index, score) from a faiss index, skipping padding and excluded items."""
+        want = min(k + len(exclude) + 1, index.ntotal)
+        scores, ids = index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), want)
+        out = []
+        for i, s in zip(ids[0], scores[0], strict=True):
+            if i <= 0 or int(i) in exclude:
+                continue
+            out.append((int(i), float(s)))
+            if len(out) == k:
+                break
+        return out
+
+    def _user_vector(self, history: list[int]) -> np.ndarray:
+        key = tuple(history[-self.model.config.max_len :])
+        cached = self.user_cache.get(key)
+        if cached is not None:
+            return cached
+        import torch
+
+        with self._lock, torch.inference_mode():
+            seqs = self.model.pad_histories([list(key)])
+            vector = self.model.user_vectors(seqs, self.model.cached_table())[0].float().cpu().numpy()
+        self.user_cache.put(key, vector)
+        return vector
+
+    def _reason(self, item: int, history: list[int]) -> str | None:
+        if not history:
+            return None
+        sims = self.unit_table[history] @ self.unit_table[item]
+        best = history[int(np.argmax(sims))]
+        return f"similar to {self.item_ids[best]} ({self.titles[best]}) you interacted with"
+
+    # -- endpoints -----------------------------------------------------------------------------
+    def recommend(
+        self,
+        user_id: str | None = None,
+        recent_items: Sequence[str] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+    ) -> dict[str, Any]:
+        """Top-k items for a known user or an explicit history (oldest first).
+
+        ``recent_items`` wins over ``user_id`` when both are given. A user or history the model
+        knows nothing about gets the cold-start answer: the most popular items (and the response
+        says so).
+        """
+        started = time.perf_counter()
+        if user_id is None and not recent_items:
+            raise ServingError(
+                400, "give a user_id or a non-empty recent_items list (item ids, oldest first)"
+            )
+        if recent_items:
+            raw, source = [str(i) for i in recent_items], "recent_items"
+        else:
+            raw, source = self.histories.get(str(user_id), []), "user_history"
+        index = self.model._index
+        history = [index[i] for i in raw if i in index]
+        unknown = [i for i in raw if i not in index]
+        seen = set(history) if exclude_seen else set()
+        if history:
+            strategy = "personalized"
+            found = self._search(self.table_index, self._user_vector(history), k, seen)
+            hits = [self._hit(i, s, self._reason(i, history)) for i, s in found]
+        else:
+            strategy = "cold_start_popular"
+            n = len(self.popular)
+            hits = [
+                self._hit(i, 1.0 - rank / n, "popular with other shoppers")
+                for rank, i in enumerate(self.popular[:k])
+            ]
+        note = None
+        if strategy.startswith("cold_start"):
+            note = (
+                f"user {user_id!r} is unknown to model {self.tag}: showing popular items"
+                if source == "user_history"
+                else "none of recent_items is in the catalog: showing popular items"
+            )
+        response = {
+            "model_version": self.tag,
+            "strategy": strategy,
+            "history_source": source,
+            "history_length": len(history),
+            "unknown_items": unknown,
+            "note": note,
+            "items": [h.__dict__ for h in hits],
+        }
+        self._log("recommend", started, response, user_id=user_id, request={"k": k, "n_recent": len(raw)})
+        return response
+
+    def similar(self, item_id: str, k: int = 10) -> dict[str, Any]:
+        """The k items closest (cosine) to an item: in the model's item space for warm items,
+        in the encoder's text space for cold ones (as :meth:`Recommender.similar_items`)."""
+        started = time.perf_counter()
+        i = self.model._index.get(str(item_id))
+        if i is None or i == 0:
+            raise ServingError(
+                404,
+                f"unknown item_id {item_id!r}: not in the catalog of model {self.tag} "
+                f"({len(self.item_ids) - 1} items); use /search to find items by text",
+            )
+        cold = self.text_index is not None and not self.warm[i]
+        if cold:
+            assert self.unit_text is not None
+            found = self._search(self.text_index, self.unit_text[i], k, {i})
+        else:
+            found = self._search(self.unit_table_index, self.unit_table[i], k, {i})
+        response = {
+            "model_version": self.tag,
+            "item_id": str(item_id),
+            "title": self.titles[i],
+            "space": "text" if cold else "model",
+            "items": [self._hit(j, s).__dict__ for j, s in found],
+        }
+        self._log("similar", started, response, request={"item_id": str(item_id), "k": k})
+        return response
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised encoder vectors of free-text queries (one batch)."""
+        if self.text_index is None:
+            raise ServingError(501, f"model {self.tag} has no text encoder (ID-only): search is unavailable")
+        with self._lock:
+            vectors = self.model.text_encoder().encode(list(texts)).numpy()
+        return _normalized(vectors)
+
+    def search_vector(self, query: str, vector: np.ndarray, k: int = 10) -> dict[str, Any]:
+        """The answer for one query whose normalised vector is already encoded (logged)."""
+        started = time.perf_counter()
+        found = self._search(self.text_index, vector, k, set())
+        response = {
+            "model_version": self.tag,
+            "query": query,
+            "items": [self._hit(j, s).__dict__ for j, s in found],
+        }
+        self._log("search", started, response, request={"query": query, "k": k})
+        return response
+
+    def search_many(self, queries: Sequence[str], k: int = 10) -> list[dict[str, Any]]:
+        """Text search for several queries at once (one encoder batch)."""
+        vectors = self.encode_queries(queries)
+        return [self.search_vector(q, v, k) for q, v in zip(queries, vectors, strict=True)]
+
+    def search(self, query: str, k: int = 10) -> dict[str, Any]:
+        """Items whose text is closest (cosine) to a free-text query."""
+        return self.search_many([query], k)[0]
+
+    # -- logging -------------------------------------------------------------------------------
+    def _log(
+        self,
+        endpoint: str,
+        started: float,
+        response: dict[str, Any],
+        user_id: str | None = None,
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        items = response.get("items", [])
+        self.log.write(
+            {
+                "endpoint": endpoint,
+                "model_version": self.tag,
+                "user_hash": user_hash(user_id),
+                "request": request or {},
+                "strategy": response.get("strategy"),
+                "items": [h["item_id"] for h in items],
+                "scores": [h["score"] for h in items],
+                "latency_ms": round((time.perf_counter() - started) * 1000.0, 3),
+            }
+        )

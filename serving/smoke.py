@@ -1,0 +1,165 @@
+"""Build the Bento for a registered version and smoke-query it as a real server.
+
+The training DAG runs these between registration and promotion: the challenger is served by tag
+(``SHOPFLOW_SERVING_MODEL``), so a model that cannot be built or served is never promoted.
+Both run BentoML as subprocesses with ``BENTOML_HOME`` set to the registry's home, so the caller's
+own (process-wide) BentoML store is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ml.settings import PROJECT_DIR, Settings, get_settings
+
+BENTOFILE = PROJECT_DIR / "serving" / "bentofile.yaml"
+
+
+def _env(settings: Settings, model_tag: str | None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(settings.bentoml_home),
+        "SHOPFLOW_WORK_DIR": str(settings.work_dir),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    if model_tag:
+        env["SHOPFLOW_SERVING_MODEL"] = model_tag
+    return env
+
+
+def _bentoml() -> str:
+    return str(Path(sys.executable).with_name("bentoml"))
+
+
+def build_bento(model_tag: str | None = None, settings: Settings | None = None) -> str:
+    """``bentoml build`` of serving/bentofile.yaml around a model version; returns the Bento tag.
+
+    Args:
+        model_tag: the registered version to package (default: the champion).
+        settings: ShopFlow settings (the BentoML home the Bento is stored in).
+    """
+    settings = settings or get_settings()
+    done = subprocess.run(
+        [_bentoml(), "build", "-f", str(BENTOFILE), "-o", "tag", str(PROJECT_DIR)],
+        env=_env(settings, model_tag),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bentoml build failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    for line in done.stdout.splitlines():
+        if line.startswith("__tag__:"):
+            return line.removeprefix("__tag__:").strip()
+    raise RuntimeError(f"bentoml build printed no tag:\n{done.stdout[-2000:]}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def smoke_query(
+    target: str = "serving.service:Recommender",
+    model_tag: str | None = None,
+    settings: Settings | None = None,
+    timeout_s: float = 180.0,
+) -> dict[str, Any]:
+    """Start ``bentoml serve <target>``, wait for /readyz, call every endpoint, stop it.
+
+    Args:
+        target: a Bento tag (from :func:`build_bento`) or the service import path.
+        model_tag: the version to serve when ``target`` is the import path (default: champion).
+        settings: ShopFlow settings.
+        timeout_s: how long the server may take to become ready.
+
+    Returns:
+        Timings and answers: ready_s, model_version, per-endpoint status and latency_ms.
+
+    Raises:
+        RuntimeError: the server died, was not ready in time, or an endpoint failed.
+    """
+    import httpx
+
+    settings = settings or get_settings()
+    port = free_port()
+    log_path = settings.work_dir / "serving_logs" / f"smoke-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            [_bentoml(), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=PROJECT_DIR,
+            env=_env(settings, model_tag),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: the workers stop with it
+        )
+        try:
+            return _query(server, f"http://127.0.0.1:{port}", started, timeout_s, log_path, httpx)
+        finally:
+            _stop(server)
+
+
+def _query(
+    server: subprocess.Popen[Any], base: str, started: float, timeout_s: float, log_path: Path, httpx: Any
+) -> dict[str, Any]:
+    with httpx.Client(base_url=base, timeout=60) as http:
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited early:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"bentoml serve not ready in {timeout_s:.0f} s (log: {log_path})")
+            try:
+                if http.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        ready_s = time.monotonic() - started
+        calls = {
+            "recommend": ("/recommend", {"recent_items": [], "user_id": "smoke-test-user", "k": 5}),
+            "search": ("/search", {"query": "moisturizing face cream", "k": 5}),
+        }
+        out: dict[str, Any] = {"ready_s": round(ready_s, 2), "endpoints": {}}
+        for name, (path, payload) in calls.items():
+            t = time.perf_counter()
+            response = http.post(path, json=payload)
+            out["endpoints"][name] = {
+                "status": response.status_code,
+                "latency_ms": round((time.perf_counter() - t) * 1000, 1),
+            }
+            if response.status_code != 200:
+                raise RuntimeError(f"{path} answered {response.status_code}: {response.text[:500]}")
+            body = response.json()
+            out["model_version"] = body["model_version"]
+        item = body["items"][0]["item_id"]
+        t = time.perf_counter()
+        similar = http.post("/similar", json={"item_id": item, "k": 5})
+        out["endpoints"]["similar"] = {
+            "status": similar.status_code,
+            "latency_ms": round((time.perf_counter() - t) * 1000, 1),
+        }
+        if similar.status_code != 200:
+            raise RuntimeError(f"/similar answered {similar.status_code}: {similar.text[:500]}")
+        return out
+
+
+def _stop(server: subprocess.Popen[Any]) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)

@@ -1,0 +1,141 @@
+"""A small real champion for the serving tests: a tiny recommender on a slice of real Beauty data.
+
+The model is trained with the packaged MiniLM (frozen), registered and promoted in a temporary
+BentoML store, exactly as the training DAG does, so the service loads it the way it loads a real
+champion.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from ml.settings import PROJECT_DIR, Settings, get_settings
+
+N_USERS = 50
+N_COLD = 10
+TINY = {
+    "hidden": 32,
+    "layers": 1,
+    "heads": 2,
+    "dropout": 0.1,
+    "max_len": 10,
+    "max_text_tokens": 32,
+    "batch_size": 32,
+    "lr": 1e-2,
+    "epochs": 2,
+    "patience": 2,
+    "progress": False,
+    "num_threads": 2,
+}
+
+
+@dataclass(frozen=True)
+class Served:
+    settings: Settings
+    tag: str
+    version_dir: Path
+    examples: pd.DataFrame
+    cold_items: list[str]
+    """Catalog items no sampled user interacted with (text only)."""
+
+    def history(self, user: str) -> list[str]:
+        rows = self.examples[self.examples["user_id"] == user].sort_values("position")
+        return [str(i) for i in rows["item_id"]]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    from ml import registry
+    from ml.datasets import from_frames, shipped_frames
+    from ml.train import TrainConfig, train
+    from serving.logic import write_histories
+
+    root = tmp_path_factory.mktemp("serving")
+    settings = Settings(work_dir=root / "work", data_dir=PROJECT_DIR / "data", pii_salt="test-salt")  # type: ignore[arg-type]
+    examples, items = shipped_frames(settings.data_dir)
+    users = examples["user_id"].drop_duplicates().sort_values().sample(N_USERS, random_state=0)
+    examples = examples[examples["user_id"].isin(set(users))].reset_index(drop=True)
+    seen = set(examples["item_id"])
+    cold = items[~items["item_id"].isin(seen)].sort_values("item_id").head(N_COLD)
+    items = pd.concat([items[items["item_id"].isin(seen)], cold], ignore_index=True)
+    data = from_frames(examples, items, source="beauty")
+
+    result = train(data, TrainConfig(**TINY, cache_dir=root / "cache"), root / "run" / "train")
+    package = root / "run" / "package"
+    shutil.copytree(result.model_dir, package / "model")
+    (package / "report").mkdir()
+    (package / "report" / "metrics.json").write_text("{}")
+    write_histories(examples, package)
+    version = registry.register(
+        package,
+        metrics={"validation": {"ndcg@10": result.best_metric}},
+        config=TINY,
+        lineage={"run_id": "serving-test"},
+        settings=settings,
+    )
+    registry.promote(version.tag, settings, reason="serving tests")
+    return Served(settings, version.tag, version.path, examples, [str(i) for i in cold["item_id"]])
+
+
+@pytest.fixture(scope="session")
+def service_env(served: Served) -> Iterator[dict[str, str]]:
+    """The process environment pointed at the served store (for imports and subprocesses)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+
+    home = served.settings.bentoml_home
+    env = {
+        "SHOPFLOW_WORK_DIR": str(served.settings.work_dir),
+        "SHOPFLOW_PII_SALT": "test-salt",
+        "BENTOML_HOME": str(home),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    # BentoML's default store is a lazy process-wide singleton: point it at this home, whatever
+    # an earlier test may have resolved.
+    BentoMLContainer.bentoml_home.set(str(home))
+    BentoMLContainer.model_store.set(ModelStore(str(home / "models")))
+    try:
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+        BentoMLContainer.model_store.reset()
+        BentoMLContainer.bentoml_home.reset()
+
+
+@pytest.fixture(scope="session")
+def service_module(service_env: dict[str, str]) -> Any:
+    """serving.service imported against the test store (the served tag is read at import)."""
+    import importlib
+
+    return importlib.reload(importlib.import_module("serving.service"))
+
+
+@pytest.fixture(scope="session")
+def http_client(service_module: Any) -> Iterator[Any]:
+    """A client of the service's ASGI app, lifespan entered (the service instance exists).
+
+    One app and one client per process: a second app registers BentoML's Prometheus metrics
+    twice, the adaptive-batching dispatcher is bound to the event loop of its first request
+    (this client keeps one loop open), and a client that runs the lifespan again drops the
+    instance at its shutdown.
+    """
+    from starlette.testclient import TestClient
+
+    app = service_module.Recommender.to_asgi()
+    with TestClient(app) as client:
+        yield client

@@ -1,0 +1,143 @@
+"""Tier 1: the serving logic in-process with a small real champion (no HTTP)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ml.settings import Settings
+from serving.logic import ServingError, ServingModel, user_hash
+
+
+@pytest.fixture(scope="module")
+def engine(served: Any) -> ServingModel:
+    return ServingModel(
+        served.version_dir,
+        tag=served.tag,
+        log_dir=served.settings.work_dir / "serving_logs",
+        work_dir=served.settings.work_dir,
+    )
+
+
+def test_known_user_gets_personal_unseen_items_with_reasons(engine: ServingModel, served: Any) -> None:
+    user = str(served.examples["user_id"].iloc[0])
+    history = served.history(user)
+    out = engine.recommend(user_id=user, k=10)
+    assert out["strategy"] == "personalized"
+    assert out["history_source"] == "user_history"
+    assert out["history_length"] == len(history)
+    ids = [h["item_id"] for h in out["items"]]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert not set(ids) & set(history)
+    scores = [h["score"] for h in out["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(h["reason"] and any(i in h["reason"] for i in history) for h in out["items"])
+    assert all(h["title"] for h in out["items"])
+
+
+def test_scores_match_the_model(engine: ServingModel, served: Any) -> None:
+    """faiss retrieval returns exactly the model's own top-k (flat inner product is exact)."""
+    user = str(served.examples["user_id"].iloc[5])
+    history = served.history(user)
+    expected = engine.model.recommend(history, k=5)
+    got = engine.recommend(recent_items=history, k=5)["items"]
+    assert [h["item_id"] for h in got] == [i for i, _ in expected]
+    assert [h["score"] for h in got] == pytest.approx([s for _, s in expected], abs=1e-4)
+
+
+def test_exclude_seen_false_may_return_history(engine: ServingModel, served: Any) -> None:
+    user = str(served.examples["user_id"].iloc[1])
+    out = engine.recommend(user_id=user, k=100, exclude_seen=False)
+    assert set(served.history(user)) & {h["item_id"] for h in out["items"]}
+
+
+def test_unknown_user_and_unknown_items_get_cold_start(engine: ServingModel) -> None:
+    out = engine.recommend(user_id="nobody-at-all", k=5)
+    assert out["strategy"] == "cold_start_popular"
+    assert "unknown" in out["note"]
+    assert len(out["items"]) == 5
+    anon = engine.recommend(recent_items=["NOT-AN-ITEM"], k=3)
+    assert anon["strategy"] == "cold_start_popular"
+    assert anon["unknown_items"] == ["NOT-AN-ITEM"]
+
+
+def test_recommend_needs_a_user_or_history(engine: ServingModel) -> None:
+    with pytest.raises(ServingError) as error:
+        engine.recommend(k=5)
+    assert error.value.status == 400
+    assert "user_id" in error.value.message
+
+
+def test_hot_users_hit_the_cache(engine: ServingModel, served: Any) -> None:
+    user = str(served.examples["user_id"].iloc[2])
+    first = engine.recommend(user_id=user, k=5)
+    hits = engine.user_cache.hits
+    again = engine.recommend(user_id=user, k=5)
+    assert engine.user_cache.hits == hits + 1
+    assert again["items"] == first["items"]
+
+
+def test_similar_items_warm_and_cold(engine: ServingModel, served: Any) -> None:
+    item = str(served.examples["item_id"].iloc[0])
+    out = engine.similar(item, k=5)
+    assert out["space"] == "model" and len(out["items"]) == 5
+    assert item not in {h["item_id"] for h in out["items"]}
+    expected = [i for i, _ in engine.model.similar_items(item, k=5)]
+    assert [h["item_id"] for h in out["items"]] == expected
+    cold = engine.similar(served.cold_items[0], k=5)
+    assert cold["space"] == "text"
+
+
+def test_unknown_item_is_404_with_a_hint(engine: ServingModel) -> None:
+    with pytest.raises(ServingError) as error:
+        engine.similar("NOT-AN-ITEM")
+    assert error.value.status == 404
+    assert "/search" in error.value.message
+
+
+def test_search_finds_matching_text(engine: ServingModel) -> None:
+    out = engine.search("lipstick", k=5)
+    titles = " ".join(engine.model.item_texts[engine.model.index_of(h["item_id"])] for h in out["items"])
+    assert "lip" in titles.lower()
+    many = engine.search_many(["shampoo for dry hair", "nail polish"], k=3)
+    assert [len(m["items"]) for m in many] == [3, 3]
+
+
+def test_every_answer_is_logged(engine: ServingModel, served: Any) -> None:
+    engine.recommend(user_id="logged-user", k=2)
+    files = sorted((served.settings.work_dir / "serving_logs").glob("requests-*.jsonl"))
+    assert files
+    lines = [json.loads(line) for line in files[-1].read_text().splitlines()]
+    last = lines[-1]
+    assert last["endpoint"] == "recommend"
+    assert last["user_hash"] == user_hash("logged-user")
+    assert "logged-user" not in json.dumps(last)
+    assert last["model_version"] == served.tag
+    assert len(last["items"]) == len(last["scores"]) == 2
+    assert last["latency_ms"] >= 0 and last["timestamp"]
+    assert {"recommend", "similar", "search"} <= {line["endpoint"] for line in lines}
+
+
+def test_histories_fall_back_to_the_run_snapshot_then_to_none(served: Any, tmp_path: Path) -> None:
+    """Without histories.parquet: the lineage's run snapshot, else explicit histories only."""
+    from ml.training import run_dir
+
+    version = tmp_path / "version"
+    shutil.copytree(served.version_dir, version)
+    (version / "histories.parquet").unlink()
+    bare = ServingModel(version, tag=served.tag, log_dir=tmp_path / "logs")
+    assert bare.histories_source == "none"
+    user = str(served.examples["user_id"].iloc[0])
+    assert bare.recommend(user_id=user, k=3)["strategy"] == "cold_start_popular"
+
+    work = tmp_path / "work"
+    snapshot = run_dir("serving-test", Settings(work_dir=work)) / "dataset"
+    snapshot.mkdir(parents=True)
+    served.examples.to_parquet(snapshot / "examples.parquet", index=False)
+    found = ServingModel(version, tag=served.tag, log_dir=tmp_path / "logs", work_dir=work)
+    assert found.histories_source.endswith("examples.parquet")
+    assert found.recommend(user_id=user, k=3)["strategy"] == "personalized"
