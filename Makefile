@@ -17,8 +17,10 @@ TORCH_SOURCE := --extra-index-url https://download.pytorch.org/whl/cpu --index-s
 endif
 
 export PYTHONUNBUFFERED := 1
+SHOPFLOW_WORK_DIR ?= $(CURDIR)/.shopflow
+PORT ?= 3000
 
-.PHONY: help install demo test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput clean
+.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -34,6 +36,10 @@ install: $(STAMP)  ## create .venv and install ShopFlow with its pinned stack (~
 
 demo: $(STAMP)  ## the main job: real data → Airflow scheduler → dbt → GX → published marts
 	$(BIN)/shopflow demo
+
+serve: $(STAMP)  ## serve the current champion (after make demo) on http://127.0.0.1:$(PORT)
+	BENTOML_HOME=$(SHOPFLOW_WORK_DIR)/bentoml SHOPFLOW_WORK_DIR=$(SHOPFLOW_WORK_DIR) HF_HUB_OFFLINE=1 \
+		$(BIN)/bentoml serve serving.service:Recommender --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP)  ## ruff + mypy
 	$(BIN)/ruff check .

@@ -25,3 +25,12 @@ MODEL = Asset(
 )
 """Emitted by ``train_recommender`` after each gate decision; ``extra`` carries the challenger's tag,
 both metric values and whether it was promoted."""
+
+BENTO = Asset(
+    name="shopflow_bento",
+    uri="shopflow://bentoml/shopflow",
+    group="shopflow",
+    extra={"description": "The Bento serving the champion recommender, smoke-queried before promotion."},
+)
+"""Emitted by ``train_recommender`` when a challenger's Bento answered its smoke queries and the
+challenger became the champion; ``extra`` names the Bento and model tags and the smoke timings."""

@@ -13,8 +13,11 @@ measurably better.
    (popularity, item-kNN, SASRec) on the same split; writes the run report (tables + plots).
 4. **register** - a new version in the BentoML model store with metrics, config and lineage
    (the marts Asset events that triggered the run, git sha).
-5. **gate** - promote when validation NDCG@10 beats the champion's by `SHOPFLOW_PROMOTION_MARGIN`;
-   the decision and both numbers are recorded either way; emits the `shopflow_model` Asset.
+5. **gate** - does validation NDCG@10 beat the champion's (re-scored on the same split) by
+   `SHOPFLOW_PROMOTION_MARGIN`? The decision and both numbers are recorded either way; emits the
+   `shopflow_model` Asset. A rejected challenger ends the run here (the later tasks skip).
+6. **smoke_test** - build the Bento around the challenger, `bentoml serve` it, query every endpoint.
+7. **promote** - only now the challenger becomes the champion; emits the `shopflow_bento` Asset.
 
 **Triggers.** Scheduled on the `shopflow_marts` Asset (each published ingest run), or by hand /
 by the monitor with conf `{"reason": "...", "overrides": {...}}`.
@@ -26,10 +29,11 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from ml.orchestration import jsonable, utc_midnight
 from ml.settings import get_settings
-from shopflow_assets import MARTS, MODEL
+from shopflow_assets import BENTO, MARTS, MODEL
 
 DAG_ID = "train_recommender"
 _settings = get_settings()
@@ -106,16 +110,35 @@ def train_recommender() -> None:
 
     @task(outlets=[MODEL])
     def gate(registered: dict[str, Any]) -> dict[str, Any]:
-        """Promote the challenger only if it beats the champion by the margin; record the decision
-        (`ml.training.gate_challenger`)."""
+        """Record whether the challenger beats the champion by the margin (`ml.training.gate_challenger`)."""
         from ml.training import gate_challenger
 
         decision = gate_challenger(registered["tag"], _run_id())
         get_current_context()["outlet_events"][MODEL].extra = dict(jsonable(decision))
         return decision
 
+    @task
+    def smoke_test(decision: dict[str, Any]) -> dict[str, Any]:
+        """Build the challenger's Bento, serve it and query every endpoint
+        (`ml.training.smoke_test_challenger`); skipped when the gate rejected the challenger."""
+        from ml.training import smoke_test_challenger
+
+        if not decision["promoted"]:
+            raise AirflowSkipException(f"not promoted: {decision['reason']}")
+        return smoke_test_challenger(decision["challenger"])
+
+    @task(outlets=[BENTO])
+    def promote(decision: dict[str, Any], smoke: dict[str, Any]) -> dict[str, Any]:
+        """Make the challenger the champion (`ml.training.promote_challenger`)."""
+        from ml.training import promote_challenger
+
+        result = promote_challenger(decision["challenger"], decision["reason"])
+        get_current_context()["outlet_events"][BENTO].extra = dict(jsonable({**result, **smoke}))
+        return {**result, "bento": smoke["bento"]}
+
     # At parse time TaskFlow calls return XComArgs that resolve to the dicts at run time.
-    gate(register(evaluate(train(build_dataset()))))  # type: ignore[arg-type]
+    decision = gate(register(evaluate(train(build_dataset()))))  # type: ignore[arg-type]
+    promote(decision, smoke_test(decision))  # type: ignore[arg-type]
 
 
 train_recommender()

@@ -206,8 +206,12 @@ def train(
     typer.echo((Path(evaluation["report_dir"]) / "metrics.md").read_text())
     registered = training.register_challenger(run_id, evaluation, {"reason": "cli"}, extra, settings)
     decision = training.gate_challenger(registered["tag"], run_id, settings)
-    verdict = "PROMOTED" if decision["promoted"] else "rejected"
-    typer.echo(f"{registered['tag']}: {verdict} — {decision['reason']}")
+    if decision["promoted"]:
+        smoke = training.smoke_test_challenger(registered["tag"], settings)
+        training.promote_challenger(registered["tag"], decision["reason"], settings)
+        typer.echo(f"{registered['tag']}: PROMOTED (Bento {smoke['bento']} answered) — {decision['reason']}")
+    else:
+        typer.echo(f"{registered['tag']}: rejected — {decision['reason']}")
     typer.echo(f"report: {evaluation['report_dir']}")
 
 

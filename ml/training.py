@@ -216,6 +216,12 @@ def register_challenger(
     shutil.rmtree(package, ignore_errors=True)
     shutil.copytree(folder / TRAIN / "model", package / "model")
     shutil.copytree(folder / REPORT, package / "report")
+    import pandas as pd
+
+    from serving.logic import write_histories
+
+    # The served Bento looks users up by the histories the model was trained on.
+    write_histories(pd.read_parquet(folder / DATASET / "examples.parquet"), package)
     version = registry.register(
         package,
         metrics=evaluation["metrics"],
@@ -227,7 +233,7 @@ def register_challenger(
 
 
 def gate_challenger(tag: str, run_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Record the gate decision; promote the challenger when it beats the champion by the margin."""
+    """Record whether the challenger beats the champion by the margin (promotes nothing)."""
     from dataclasses import asdict
 
     from ml import registry
@@ -242,6 +248,21 @@ def gate_challenger(tag: str, run_id: str, settings: Settings | None = None) -> 
         run_id=run_id,
         champion_value=same_split if rescored.get("tag") == registry.champion(settings) else None,
     )
-    if decision.promoted:
-        registry.promote(tag, settings, reason=decision.reason)
-    return {**asdict(decision), "champion_now": registry.champion(settings)}
+    return asdict(decision)
+
+
+def smoke_test_challenger(tag: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Build the Bento around the challenger, serve it, query every endpoint (raises on failure)."""
+    from serving.smoke import build_bento, smoke_query
+
+    settings = settings or get_settings()
+    bento = build_bento(tag, settings)
+    return {"bento": bento, **smoke_query(bento, model_tag=tag, settings=settings)}
+
+
+def promote_challenger(tag: str, reason: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Make the challenger the champion (after its gate decision and smoke test passed)."""
+    from ml import registry
+
+    settings = settings or get_settings()
+    return {"champion": registry.promote(tag, settings, reason=reason)}

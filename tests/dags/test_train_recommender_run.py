@@ -66,8 +66,11 @@ def test_train_dag_promotes_a_first_model_and_rejects_a_weaker_one(
     first = dag.test(logical_date=None, run_conf={"reason": "first model"})
     states = {ti.task_id: str(ti.state) for ti in first.get_task_instances()}
     assert first.state == "success", states
+    assert set(states.values()) == {"success"}, states
     decision = first.get_task_instance("gate").xcom_pull(task_ids="gate")
     assert decision["promoted"] and decision["reason"] == "no champion yet"
+    smoke = first.get_task_instance("smoke_test").xcom_pull(task_ids="smoke_test")
+    assert smoke["bento"].startswith("shopflow:") and smoke["model_version"] == decision["challenger"]
     champion = registry.champion(train_settings)
     assert champion == decision["challenger"]
 
@@ -83,6 +86,8 @@ def test_train_dag_promotes_a_first_model_and_rejects_a_weaker_one(
     weak_overrides = {"use_text": False, "lr": 0.0, "epochs": 1}
     weak = dag.test(logical_date=None, run_conf={"reason": "weak", "overrides": weak_overrides})
     assert weak.state == "success"
+    weak_states = {ti.task_id: str(ti.state) for ti in weak.get_task_instances()}
+    assert weak_states["smoke_test"] == weak_states["promote"] == "skipped", weak_states
     rejected = weak.get_task_instance("gate").xcom_pull(task_ids="gate")
     assert not rejected["promoted"]
     assert rejected["challenger_value"] < rejected["champion_value"] + train_settings.promotion_margin
