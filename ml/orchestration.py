@@ -177,7 +177,8 @@ def airflow_env(
     """The full environment for Airflow processes running ShopFlow's DAGs locally.
 
     Inherited ``AIRFLOW_*``/``SHOPFLOW_*`` variables are dropped so that the Airflow home, the
-    metadata DB and the warehouse are exactly those of ``settings``; pass ``extra`` to override.
+    metadata DB (``settings.airflow_database_url``, else SQLite in the home), the executor and the
+    warehouse are exactly those of ``settings``; pass ``extra`` to override.
 
     Args:
         settings: ShopFlow settings (``airflow_home``, project dir, and everything propagated).
@@ -206,8 +207,11 @@ def airflow_env(
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # The metadata DB: SQLite in the Airflow home unless settings name one (PostgreSQL).
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+                settings.airflow_database_url or f"sqlite:///{home / 'airflow.db'}"
+            ),
+            "AIRFLOW__CORE__EXECUTOR": settings.airflow_executor,
             # Two cores: more parallel task processes only thrash (and the runs share the marts).
             "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",

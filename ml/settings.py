@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -34,6 +34,17 @@ class Settings(BaseSettings):
         PROJECT_DIR / ".shopflow",
         description="Where runs write: landing zone, warehouse file, reports, Airflow home.",
     )
+    bentoml_home: Path = Field(
+        None,  # type: ignore[assignment]  # filled from work_dir by _derive_paths
+        validate_default=False,
+        description="The BentoML store (models and Bentos): the model registry; defaults to "
+        "<work_dir>/bentoml. Production points it at a volume shared by trainer and Bento.",
+    )
+    reports_dir: Path = Field(
+        None,  # type: ignore[assignment]  # filled from work_dir by _derive_paths
+        validate_default=False,
+        description="Data-quality and monitoring reports; defaults to <work_dir>/reports.",
+    )
 
     warehouse: Literal["duckdb", "postgres"] = Field(
         "duckdb", description="Warehouse engine; also selects the dbt target of the same name."
@@ -44,6 +55,14 @@ class Settings(BaseSettings):
     postgres_dsn: str = Field(
         "postgresql://postgres@127.0.0.1:5432/shopflow",
         description="PostgreSQL warehouse (production). The database is created if missing.",
+    )
+    airflow_database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of Airflow's metadata DB for the embedded runner (LocalAirflow), "
+        "e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/airflow; None = SQLite file in airflow_home.",
+    )
+    airflow_executor: str = Field(
+        "LocalExecutor", description="Executor of the embedded runner's scheduler (AIRFLOW__CORE__EXECUTOR)."
     )
 
     pii_salt: SecretStr | None = Field(
@@ -110,6 +129,21 @@ class Settings(BaseSettings):
         "champion's plus this (absolute) margin.",
     )
 
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        """Paths not set explicitly live under work_dir.
+
+        They are real fields (not properties) so that ``SHOPFLOW_BENTOML_HOME`` /
+        ``SHOPFLOW_REPORTS_DIR`` override them and ``settings_env`` hands them on to Airflow's
+        processes. Derived once, at construction: ``model_copy(update={"work_dir": ...})`` keeps
+        the old ones, so build a new ``Settings`` to move the work dir.
+        """
+        if self.bentoml_home is None:
+            self.bentoml_home = self.work_dir / "bentoml"
+        if self.reports_dir is None:
+            self.reports_dir = self.work_dir / "reports"
+        return self
+
     @property
     def duckdb_file(self) -> Path:
         return self.duckdb_path or self.work_dir / "warehouse.duckdb"
@@ -119,21 +153,12 @@ class Settings(BaseSettings):
         return self.work_dir / "landing"
 
     @property
-    def reports_dir(self) -> Path:
-        return self.work_dir / "reports"
-
-    @property
     def gx_dir(self) -> Path:
         return self.work_dir / "gx"
 
     @property
     def dbt_project_dir(self) -> Path:
         return self.project_dir / "dbt"
-
-    @property
-    def bentoml_home(self) -> Path:
-        """The BentoML store (models and Bentos): the model registry."""
-        return self.work_dir / "bentoml"
 
     @property
     def airflow_home(self) -> Path:
