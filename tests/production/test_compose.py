@@ -314,6 +314,72 @@ def dockerfile_cmd(path: Path) -> list[str]:
     return list(json.loads(line.removeprefix("CMD ")))
 
 
+DOCKERFILES = {
+    "docker/airflow/Dockerfile": PROJECT_DIR,
+    "docker/bento/Dockerfile": PROJECT_DIR,
+    "docker/evidently/Dockerfile": PROJECT_DIR / "docker" / "evidently",
+}
+
+
+def build_args(path: Path) -> dict[str, str]:
+    """`ARG NAME=default` lines of a Dockerfile."""
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", path.read_text(), flags=re.MULTILINE))
+
+
+@pytest.mark.parametrize("label", FILE_SETS)
+def test_each_build_is_a_dockerfile_whose_copies_exist(rendered: dict[str, Any], label: str) -> None:
+    """What a build would COPY is in its context and not excluded by its <Dockerfile>.dockerignore."""
+    builds = {
+        (Path(s["build"]["context"]), s["build"].get("dockerfile", "Dockerfile"))
+        for s in services(rendered, label).values()
+        if "build" in s
+    }
+    assert {str((ctx / df).relative_to(PROJECT_DIR)) for ctx, df in builds} == set(DOCKERFILES)
+    for context, dockerfile in builds:
+        path = context / dockerfile
+        assert context == DOCKERFILES[str(path.relative_to(PROJECT_DIR))]
+        ignore = path.with_name(path.name + ".dockerignore")
+        allowed = (
+            [line[1:].rstrip("/") for line in ignore.read_text().splitlines() if line.startswith("!")]
+            if ignore.exists()
+            else None
+        )
+        for line in path.read_text().splitlines():
+            if not line.startswith("COPY "):
+                continue
+            sources = [w for w in line.split()[1:-1] if not w.startswith("--")]
+            for source in sources:
+                assert (context / source).exists(), f"{path}: COPY {source} is not in the build context"
+                if allowed is not None:
+                    assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), (
+                        f"{ignore.name} excludes {source}"
+                    )
+
+
+def test_images_pin_the_stack_of_pyproject() -> None:
+    """The images install what this venv runs: same Python, Airflow, torch and Evidently."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
+    pins = {r.name: r.specifier for r in map(Requirement, project["dependencies"])}
+    airflow_args = build_args(PROJECT_DIR / "docker/airflow/Dockerfile")
+    assert airflow_args["AIRFLOW_VERSION"] == version("apache-airflow")
+    assert airflow_args["AIRFLOW_VERSION"] in pins["apache-airflow"]
+    evidently_args = build_args(PROJECT_DIR / "docker/evidently/Dockerfile")
+    assert evidently_args["EVIDENTLY_VERSION"] == version("evidently")
+    assert evidently_args["EVIDENTLY_VERSION"] in pins["evidently"]
+    for image in ("airflow", "bento"):
+        args = build_args(PROJECT_DIR / f"docker/{image}/Dockerfile")
+        assert str(pins["torch"]) == f"=={args['TORCH_VERSION']}", image
+        assert args["TORCH_VARIANT"] == "cpu", image
+    for image in ("airflow", "bento", "evidently"):
+        python = build_args(PROJECT_DIR / f"docker/{image}/Dockerfile")["PYTHON_VERSION"]
+        assert python == f"{sys.version_info.major}.{sys.version_info.minor}", image
+
+
 # --- secrets -------------------------------------------------------------------------------------------
 def test_every_secret_is_required_and_nothing_else_is() -> None:
     refs = references(BASE) + references(OVERRIDE)
@@ -639,7 +705,7 @@ def test_evidently_ui_command_serves_its_healthcheck_and_guards_writes(
         health = f"http://127.0.0.1:{port}/api/version"  # the healthcheck's URL, on this port
         assert "/api/version" in " ".join(service["healthcheck"]["test"])
         started, version = time.perf_counter(), None
-        while time.perf_counter() - started < 60 and process.poll() is None:
+        while time.perf_counter() - started < 90 and process.poll() is None:
             try:
                 version = httpx.get(health, timeout=2).json()
                 break
