@@ -19,8 +19,9 @@ measurably better.
 6. **smoke_test** - build the Bento around the challenger, `bentoml serve` it, query every endpoint.
 7. **promote** - only now the challenger becomes the champion; emits the `shopflow_bento` Asset.
 
-**Triggers.** Scheduled on the `shopflow_marts` Asset (each published ingest run), or by hand /
-by the monitor with conf `{"reason": "...", "overrides": {...}}`.
+**Triggers.** Scheduled on the `shopflow_marts` Asset (each published ingest run) while there is
+no champion (or always, with `SHOPFLOW_RETRAIN_ON_PUBLISH=always`); by `monitor_drift` when it
+sees drift, with conf `{"reason": "...", "report": "...", "overrides": {...}}`; or by hand.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def _lineage() -> dict[str, Any]:
         for asset_events in events.values()
         for e in asset_events
     ]
-    return {"reason": context["params"].get("reason"), "marts_events": jsonable(marts_events)}
+    return {
+        "reason": context["params"].get("reason"),
+        "report": context["params"].get("report"),
+        "marts_events": jsonable(marts_events),
+    }
 
 
 @dag(
@@ -75,15 +80,25 @@ def _lineage() -> dict[str, Any]:
     params={
         "reason": Param("marts updated", type="string", description="Why this run: shown in lineage."),
         "overrides": Param({}, type="object", description="TrainConfig overrides for this run."),
+        "report": Param(
+            None, type=["null", "string"], description="The monitoring report that asked for this run."
+        ),
     },
     doc_md=__doc__,
 )
 def train_recommender() -> None:
     @task
     def build_dataset() -> dict[str, Any]:
-        """Snapshot the training marts into the run folder (`ml.training.build_dataset`)."""
-        from ml.training import build_dataset as run
+        """Snapshot the training marts into the run folder (`ml.training.build_dataset`).
 
+        An Asset-triggered run skips (and so does the rest) once there is a champion, unless
+        `SHOPFLOW_RETRAIN_ON_PUBLISH=always` (`ml.training.publish_skip_reason`)."""
+        from ml.training import build_dataset as run
+        from ml.training import publish_skip_reason
+
+        skip = publish_skip_reason(str(get_current_context()["dag_run"].run_type))
+        if skip:
+            raise AirflowSkipException(skip)
         return run(_run_id())
 
     @task(queue=_settings.training_queue)

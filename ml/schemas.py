@@ -144,6 +144,46 @@ QUARANTINE = [
     Column("quarantined_at", TIMESTAMP),
 ]
 
+# -- monitoring.* : what the Bento served, and what each monitoring run concluded ---------------
+SERVING_REQUESTS = [
+    Column("request_file", STRING, description="Request log file name (requests-<day>.jsonl)."),
+    Column("line_no", INTEGER, description="1-based line in that file: (file, line) is the key."),
+    Column("logged_at", TIMESTAMP, description="When the Bento answered (UTC)."),
+    Column("endpoint", STRING),
+    Column("model_version", STRING, description="Registry tag of the model that answered."),
+    Column("user_hash", STRING, False, "sha256 of the (already salted-hashed) user id, 16 hex."),
+    Column("strategy", STRING, False, "recommend only: personalized or cold_start_popular."),
+    Column("k", INTEGER, False),
+    Column("items", STRING, description="Returned item ids, JSON list, best first."),
+    Column("scores", STRING, description="Their scores, JSON list."),
+    Column("latency_ms", FLOAT),
+    Column("batch_id", STRING, description="The monitoring run that loaded the line."),
+    Column("loaded_at", TIMESTAMP),
+]
+
+MONITORING_RUNS = [
+    Column("run_id", STRING),
+    Column("interval_start", DATE),
+    Column("interval_end", DATE),
+    Column("model_version", STRING, False),
+    Column("data_drift_share", FLOAT, False, "Share of monitored columns that drifted."),
+    Column("data_drifted", INTEGER, False, "1 when data_drift_share passed the threshold."),
+    Column("prediction_drift_share", FLOAT, False),
+    Column("prediction_drifted", INTEGER, False),
+    Column("online_hit_rate", FLOAT, False, "Served recommendations that the user then bought."),
+    Column("online_requests", INTEGER, False, "Recommendations judged for online quality."),
+    Column("expected_hit_rate", FLOAT, False, "The champion's offline recall@10."),
+    Column("action", STRING, description="retrain, alert (retraining suppressed) or none."),
+    Column("reason", STRING),
+    Column("report_dir", STRING),
+    Column("decided_at", TIMESTAMP),
+]
+
+MONITORING_TABLES: dict[str, list[Column]] = {
+    "monitoring.requests": SERVING_REQUESTS,
+    "monitoring.runs": MONITORING_RUNS,
+}
+
 
 def create_table_sql(engine: str, qualified_name: str, columns: list[Column]) -> str:
     types = SQL_TYPES[engine]

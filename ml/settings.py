@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         description="Replay: end of the training period; later partitions are the 'future' that "
         "monitoring replays interval by interval.",
     )
+    replay_later_end: str = Field(
+        "2014-08-01",
+        description="Replay: end of the later period the demo replays interval by interval "
+        "(Beauty's last review is 2014-07-23).",
+    )
 
     max_quarantine_rate: float = Field(
         0.40,
@@ -128,6 +133,68 @@ class Settings(BaseSettings):
         description="A challenger is promoted only if its validation metric is at least the "
         "champion's plus this (absolute) margin.",
     )
+    retrain_on_publish: Literal["always", "until_champion"] = Field(
+        "until_champion",
+        description="Which marts Asset events start training: 'always' (every published ingest "
+        "run), or 'until_champion' (only while there is no champion; after that retraining is "
+        "driven by monitor_drift or started by hand).",
+    )
+
+    drift_share_threshold: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Data (or prediction) drift is declared when at least this share of the "
+        "monitored columns drifted (Evidently's DriftedColumnsCount share).",
+    )
+    drift_column_threshold: float = Field(
+        0.1,
+        gt=0.0,
+        description="Per-column drift threshold: normed Wasserstein distance (numerical) or "
+        "Jensen-Shannon distance (categorical) at or above this is drift.",
+    )
+    drift_sample_rows: int = Field(
+        200_000,
+        ge=1_000,
+        description="Rows sampled (seeded) from each side for drift tests: bounds time and memory "
+        "on large intervals; distances on 200k rows match the full data to ~1e-3.",
+    )
+    drift_reference_days: int = Field(
+        90,
+        ge=1,
+        description="The data-drift reference: the last this-many days of the champion's training "
+        "snapshot (recent behaviour, not the whole history).",
+    )
+    min_online_hit_ratio: float = Field(
+        0.5,
+        ge=0.0,
+        description="Online quality alarm: the hit rate of served recommendations below this "
+        "share of the champion's offline test hit rate (recall@10).",
+    )
+    min_monitored_requests: int = Field(
+        30, ge=1, description="Fewer served recommendations than this: online quality is not judged."
+    )
+    retrain_cooldown_minutes: float = Field(
+        360.0,
+        ge=0.0,
+        description="After monitoring triggered a retraining, it triggers no other for this long "
+        "(alerts are still sent).",
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="Monitoring alerts are always logged; when set they are also POSTed as JSON "
+        "to this URL (Slack/Teams-style incoming webhook, Alertmanager, ...).",
+    )
+    evidently_workspace: Path | None = Field(
+        None,
+        description="Evidently workspace (one project per model version) for `evidently ui`; "
+        "defaults to <work_dir>/evidently.",
+    )
+    serving_api_token: SecretStr | None = Field(
+        None,
+        description="When set, the Bento answers every endpoint except /livez, /readyz and /metrics "
+        "only with the header 'Authorization: Bearer <token>' (else 401). Unset: open (local use).",
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
@@ -151,6 +218,15 @@ class Settings(BaseSettings):
     @property
     def landing_dir(self) -> Path:
         return self.work_dir / "landing"
+
+    @property
+    def evidently_dir(self) -> Path:
+        return self.evidently_workspace or self.work_dir / "evidently"
+
+    @property
+    def serving_log_dir(self) -> Path:
+        """Where the Bento writes its request log (JSON lines, one file per UTC day)."""
+        return self.work_dir / "serving_logs"
 
     @property
     def gx_dir(self) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 from ml.settings import Settings, get_settings
 from ml.warehouse import Warehouse
 
-SCHEMAS = ("raw", "staging", "intermediate", "marts", "quarantine")
+SCHEMAS = ("raw", "staging", "intermediate", "marts", "quarantine", "monitoring")
 
 
 @dataclass
@@ -28,7 +28,7 @@ def warehouse_summary(settings: Settings | None = None) -> WarehouseSummary:
     summary = WarehouseSummary()
     tables = warehouse.read(
         "select table_schema, table_name from information_schema.tables "
-        "where table_schema in ('raw', 'staging', 'intermediate', 'marts', 'quarantine') "
+        f"where table_schema in ({', '.join(repr(s) for s in SCHEMAS)}) "
         "order by table_schema, table_name"
     )
     for schema, name in tables.itertuples(index=False):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,26 @@ def _evaluate_champion(data: Any, protocol: str, settings: Settings) -> dict[str
         "validation": evaluate(scorer, data, "validation", protocol),  # type: ignore[arg-type]
         "test": evaluate(scorer, data, "test", protocol),  # type: ignore[arg-type]
     }
+
+
+def publish_skip_reason(run_type: str, settings: Settings | None = None) -> str | None:
+    """Why a run started by a marts Asset event should not train (None: it should).
+
+    With ``retrain_on_publish = "until_champion"`` new marts train a model only while there is no
+    champion; after that, retraining is what ``monitor_drift`` (or a person) asks for.
+    """
+    from ml import registry
+
+    settings = settings or get_settings()
+    if run_type != "asset_triggered" or settings.retrain_on_publish == "always":
+        return None
+    tag = registry.champion(settings)
+    if tag is None:
+        return None
+    return (
+        f"marts updated, {tag} is champion: retraining is left to monitor_drift "
+        "(SHOPFLOW_RETRAIN_ON_PUBLISH=until_champion)"
+    )
 
 
 def build_dataset(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -218,10 +239,15 @@ def register_challenger(
     shutil.copytree(folder / REPORT, package / "report")
     import pandas as pd
 
+    from ml.monitoring import write_reference
     from serving.logic import write_histories
 
+    examples = pd.read_parquet(folder / DATASET / "examples.parquet")
     # The served Bento looks users up by the histories the model was trained on.
-    write_histories(pd.read_parquet(folder / DATASET / "examples.parquet"), package)
+    write_histories(examples, package)
+    # Monitoring compares each new interval with the model's own training world, computed once.
+    until = pd.Timestamp(examples["event_ts"].max()).to_pydatetime() + timedelta(seconds=1)
+    write_reference(package, settings, until=until)
     version = registry.register(
         package,
         metrics=evaluation["metrics"],

@@ -24,6 +24,7 @@ OWN_TABLES: dict[str, list[schemas.Column]] = {
     **{f"raw.{name}": cols for name, cols in schemas.RAW_TABLES.items()},
     "raw.ingest_audit": schemas.INGEST_AUDIT,
     "quarantine.rows": schemas.QUARANTINE,
+    **schemas.MONITORING_TABLES,
 }
 
 
