@@ -12,26 +12,34 @@ The loss is a softmax over the catalog at every position of the training prefix 
 sequence-to-sequence objective with cross-entropy instead of one sampled negative): the full
 catalog, or the batch's items plus shared uniform negatives (sampled softmax) where the full one
 costs too much. Early stopping watches validation NDCG@10; checkpoints allow resuming.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same :func:`train` runs in every process as
+DistributedDataParallel: each rank takes its share of the same shuffled batches, gradients are
+averaged, rank 0 validates and every rank follows its early-stopping verdict, and only rank 0
+writes the checkpoint, history and model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
+from torch import nn
 
 from ml.datasets import PAD, Protocol, TrainingData
 from ml.evaluate import evaluate
@@ -42,6 +50,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"
 MODEL_DIR = "model"
+T = TypeVar("T")
 
 
 class TrainConfig(BaseModel):
@@ -139,6 +148,8 @@ class TrainResult:
     embedding_seconds: float = 0.0
     """Seconds spent encoding item texts (0 on a cache hit)."""
     device: str = "cpu"
+    world_size: int = 1
+    """Processes that trained it together (torchrun); 1 = a single process."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,6 +157,91 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+# -- torchrun ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a ``torchrun`` job; ``world_size == 1`` is a plain single process.
+
+    torchrun starts one process per device and tells each its ``RANK``, ``LOCAL_RANK`` and
+    ``WORLD_SIZE``. The same training code runs in all of them; only the batches each rank sees,
+    who validates and who writes files differ. Every collective here is a no-op in a single process.
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Distributed:
+        """The job torchrun describes in the environment (a single process when it describes none)."""
+        env = os.environ if environ is None else environ
+        world = int(env.get("WORLD_SIZE") or 1)
+        if world <= 1:
+            return cls()
+        missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+        if missing:
+            raise RuntimeError(
+                f"WORLD_SIZE={world} but {', '.join(missing)} not set: "
+                "start distributed training with torchrun"
+            )
+        local = int(env.get("LOCAL_WORLD_SIZE") or world)
+        return cls(int(env["RANK"]), int(env["LOCAL_RANK"]), world, local)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that validates and writes."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait until every rank got here."""
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if not self.enabled:
+            return value
+        box: list[Any] = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]  # type: ignore[no-any-return]
+
+    def mean(self, values: list[float]) -> float:
+        """The mean of every rank's ``values`` together (NaN when there are none)."""
+        if not self.enabled:
+            return float(np.mean(values)) if values else float("nan")
+        nccl = torch.distributed.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        total = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)
+        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+@contextmanager
+def process_group(device: str = "auto") -> Iterator[Distributed]:
+    """Join the torchrun job's process group for the block; nothing happens in a single process.
+
+    NCCL when training on CUDA (each rank on the GPU of its ``LOCAL_RANK``), gloo on CPU. A group
+    opened by a caller (the CLI opens one around snapshot and training) is used and left open.
+    """
+    dist = Distributed.from_env()
+    if not dist.enabled or torch.distributed.is_initialized():
+        yield dist
+        return
+    cuda = resolve_device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(dist.local_rank)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield dist
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:
@@ -251,6 +347,7 @@ class Trainer:
         config: TrainConfig,
         cache_dir: Path | None = None,
         text_embeddings: torch.Tensor | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         """Set up model, encoder and optimizer.
 
@@ -259,12 +356,19 @@ class Trainer:
             config: hyperparameters.
             cache_dir: the item embedding cache (frozen encoders; the start point otherwise).
             text_embeddings: item text embeddings computed elsewhere (skips encoding the catalog).
+            dist: this process's place in a torchrun job (default: a single process); call
+                :meth:`distribute` on every rank before training.
         """
         self.data = data
         self.config = config
+        self.dist = dist or Distributed()
         self.device = resolve_device(config.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         if self.device.type == "cpu":
-            torch.set_num_threads(config.num_threads or min(2, os.cpu_count() or 1))
+            cores = min(2, os.cpu_count() or 1)
+            # Ranks on one CPU node share its cores: more threads than cores is slower.
+            torch.set_num_threads(config.num_threads or max(1, cores // self.dist.local_world_size))
         seed_everything(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.embedding_seconds = 0.0
@@ -325,17 +429,50 @@ class Trainer:
         self.autocast = self.device.type == "cuda"
         # Long histories are cut into windows once; every window has at least one target.
         self.sequences = list(windows(data.train_sequences(config.protocol), config.max_len))
+        self._ddp: nn.Module | None = None
+
+    def distribute(self) -> None:
+        """Wrap the trained modules in DistributedDataParallel (every rank, after any resume).
+
+        DDP starts every rank from rank 0's weights and averages gradients in ``backward``.
+        Buffers (the item text cache) are equal on all ranks and not re-sent every step.
+        """
+        if not self.dist.enabled or self._ddp is not None:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Dropout masks and sampled negatives should differ between ranks (the weights do not).
+        torch.manual_seed(self.config.seed + self.dist.rank)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self._ddp = DistributedDataParallel(_Objective(self), device_ids=ids, broadcast_buffers=False)
+
+    def _batch_count(self) -> int:
+        """Batches of one epoch for this process: all of them, or a rank's equal share."""
+        n = math.ceil(len(self.sequences) / self.config.batch_size)
+        if not self.dist.enabled:
+            return n
+        if n < self.dist.world_size:
+            raise ValueError(
+                f"{n} batches of {self.config.batch_size} sequences cannot feed {self.dist.world_size} "
+                "ranks: lower batch_size or use fewer processes"
+            )
+        return n // self.dist.world_size
 
     def batches(self) -> Iterator[Batch]:
-        """One epoch of batches."""
+        """One epoch of batches (this rank's share of them under torchrun)."""
         it = make_batches(self.sequences, self.config.batch_size, self.config.max_len, self.rng)
+        if self.dist.enabled:
+            # Every rank draws the same shuffled batches (same seed, same epoch) and takes every
+            # world_size-th, like DistributedSampler; equal counts keep DDP's all-reduces paired.
+            world = self.dist.world_size
+            it = itertools.islice(it, self.dist.rank, self._batch_count() * world, world)
         for n, batch in enumerate(it):
             if self.config.max_steps_per_epoch is not None and n >= self.config.max_steps_per_epoch:
                 return
             yield batch
 
     def steps_per_epoch(self) -> int:
-        n = math.ceil(len(self.sequences) / self.config.batch_size)
+        n = self._batch_count()
         cap = self.config.max_steps_per_epoch
         return n if cap is None else min(n, cap)
 
@@ -355,34 +492,12 @@ class Trainer:
 
     def step(self, batch: Batch) -> StepStats:
         """One optimizer update on a batch."""
-        model = self.model
-        model.train()
+        self.model.train()
         inputs = batch.inputs.to(self.device)
         targets = batch.targets.to(self.device)
-        n_items = self.data.num_items
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            # Padding is never a candidate, but it is looked up (as a zero vector) for inputs.
-            if self.full_softmax:
-                candidates = torch.arange(n_items, device=self.device)
-            else:
-                negatives = torch.randint(1, n_items, (self.config.negatives,), device=self.device)
-                pool = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), inputs.flatten()])
-                candidates = torch.unique(torch.cat([pool, targets.flatten(), negatives]))
-            tokens = 0
-            text = None
-            if self.tune_encoder:
-                chosen, fresh, tokens = self._fresh_text(candidates, targets)
-                base = model.text_embeddings[candidates].to(fresh.dtype)
-                slot = torch.searchsorted(candidates, chosen)
-                text = base.index_copy(0, slot, fresh)
-            reps = model.item_table(text_embeddings=text, items=candidates)
-            lookup = torch.full((n_items,), -1, dtype=torch.long, device=self.device)
-            lookup[candidates] = torch.arange(len(candidates), device=self.device)
-            hidden = model.encode_sequences(reps[lookup[inputs]], inputs == PAD)
-            where = targets != PAD
-            # candidates[0] is the padding item (unique() sorts): it is left out of the softmax.
-            logits = hidden[where] @ reps[1:].T
-            loss = F.cross_entropy(logits.float(), lookup[targets[where]] - 1)
+            objective = self._ddp if self._ddp is not None else self.loss
+            loss, where, tokens = objective(inputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(
@@ -390,6 +505,38 @@ class Trainer:
         )
         self.optimizer.step()
         return StepStats(float(loss.detach()), batch.size, int(where.sum()), tokens)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Next-item cross-entropy of a batch (on the device, under the caller's autocast).
+
+        Returns:
+            The loss, the mask of target positions, and the encoder tokens read.
+        """
+        model = self.model
+        n_items = self.data.num_items
+        # Padding is never a candidate, but it is looked up (as a zero vector) for inputs.
+        if self.full_softmax:
+            candidates = torch.arange(n_items, device=self.device)
+        else:
+            negatives = torch.randint(1, n_items, (self.config.negatives,), device=self.device)
+            pool = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), inputs.flatten()])
+            candidates = torch.unique(torch.cat([pool, targets.flatten(), negatives]))
+        tokens = 0
+        text = None
+        if self.tune_encoder:
+            chosen, fresh, tokens = self._fresh_text(candidates, targets)
+            base = model.text_embeddings[candidates].to(fresh.dtype)
+            slot = torch.searchsorted(candidates, chosen)
+            text = base.index_copy(0, slot, fresh)
+        reps = model.item_table(text_embeddings=text, items=candidates)
+        lookup = torch.full((n_items,), -1, dtype=torch.long, device=self.device)
+        lookup[candidates] = torch.arange(len(candidates), device=self.device)
+        hidden = model.encode_sequences(reps[lookup[inputs]], inputs == PAD)
+        where = targets != PAD
+        # candidates[0] is the padding item (unique() sorts): it is left out of the softmax.
+        logits = hidden[where] @ reps[1:].T
+        loss = F.cross_entropy(logits.float(), lookup[targets[where]] - 1)
+        return loss, where, tokens
 
     def refresh_item_cache(self) -> None:
         """Re-encode every item with the current encoder (lora / full, once per epoch)."""
@@ -418,6 +565,25 @@ class Trainer:
         self.model._table = None
 
 
+class _Objective(nn.Module):
+    """The modules a step trains, with the step's loss as ``forward``: what DDP wraps.
+
+    DDP averages the gradients of a ``forward`` it ran itself; the recommender's own methods
+    (``item_table``, ``encode_sequences``) are not its forward, and a tuned encoder is not its
+    submodule, hence this thin module around :meth:`Trainer.loss`.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.model = trainer.model
+        if trainer.tune_encoder and trainer.encoder is not None:
+            self.encoder = trainer.encoder
+        self._loss = trainer.loss
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self._loss(inputs, targets)
+
+
 def _validate(trainer: Trainer) -> dict[str, float]:
     config = trainer.config
     return evaluate(
@@ -435,6 +601,9 @@ def train(
 ) -> TrainResult:
     """Train a recommender on ``data`` and save the best weights under ``out_dir/model``.
 
+    Under ``torchrun`` every process calls this with the same arguments (see the module
+    docstring); they all return the same model, written once by rank 0.
+
     Args:
         data: items, sequences and splits (see :mod:`ml.datasets`).
         config: hyperparameters; defaults to ``TrainConfig()``.
@@ -443,14 +612,22 @@ def train(
     Returns:
         The trained model (best validation NDCG@10, in eval mode) and its history.
     """
+    config = config or TrainConfig()
+    with process_group(config.device) as dist:
+        return _train(data, config, Path(out_dir), dist)
+
+
+def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed) -> TrainResult:
     from tqdm.auto import tqdm
 
-    config = config or TrainConfig()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = config.cache_dir or out.parent / "embedding_cache"
     started = time.perf_counter()
-    trainer = Trainer(data, config, cache_dir=cache_dir if config.use_text else None)
+    if not dist.is_main:
+        dist.barrier()  # rank 0 encodes the catalog into the shared cache first; the others read it
+    trainer = Trainer(data, config, cache_dir=cache_dir if config.use_text else None, dist=dist)
+    if dist.is_main:
+        dist.barrier()
     model = trainer.model
 
     history: list[dict[str, float]] = []
@@ -469,6 +646,7 @@ def train(
             log.info("resuming %s after epoch %d", out, ckpt["epoch"])
         else:
             log.info("checkpoint in %s is for another config or data; starting afresh", out)
+    trainer.distribute()  # a collective: no rank writes a checkpoint before all have read it
 
     for epoch in range(first_epoch, config.epochs + 1):
         if stale >= config.patience:
@@ -479,7 +657,7 @@ def train(
             trainer.batches(),
             total=trainer.steps_per_epoch(),
             desc=f"epoch {epoch}",
-            disable=None if config.progress else True,
+            disable=None if config.progress and dist.is_main else True,
             leave=False,
         )
         for batch in bar:
@@ -489,11 +667,13 @@ def train(
         trainer.refresh_item_cache()
         record: dict[str, float] = {
             "epoch": float(epoch),
-            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "loss": dist.mean(losses),
             "seconds": time.perf_counter() - t0,
         }
         if epoch % config.eval_every == 0 or epoch == config.epochs:
-            metrics = _validate(trainer)
+            # The weights are equal on every rank: rank 0 validates, all follow its verdict
+            # (and so stop early together).
+            metrics = dist.broadcast(_validate(trainer) if dist.is_main else {})
             record.update({f"val_{k}": v for k, v in metrics.items() if "/" not in k})
             if metrics["ndcg@10"] > best_metric:
                 best_metric, best_epoch, stale = metrics["ndcg@10"], epoch, 0
@@ -501,6 +681,8 @@ def train(
             else:
                 stale += 1
         history.append(record)
+        if not dist.is_main:
+            continue
         log.info("epoch %d %s", epoch, {k: round(v, 4) for k, v in record.items()})
         torch.save(
             {
@@ -524,16 +706,20 @@ def train(
         _finish_encoder(trainer)
     model.eval()
     train_seconds = time.perf_counter() - started
-    (out / HISTORY_FILE).write_text(json.dumps(history, indent=2))
-    model_dir = model.save(
-        out / MODEL_DIR,
-        extra={
-            "train_config": config.model_dump(mode="json"),
-            "best_epoch": best_epoch,
-            "best_val_ndcg@10": best_metric,
-            "encoder_path": resolve_encoder(config.encoder) if config.use_text else None,
-        },
-    )
+    model_dir = out / MODEL_DIR
+    if dist.is_main:
+        (out / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+        model_dir = model.save(
+            model_dir,
+            extra={
+                "train_config": config.model_dump(mode="json"),
+                "best_epoch": best_epoch,
+                "best_val_ndcg@10": best_metric,
+                "encoder_path": resolve_encoder(config.encoder) if config.use_text else None,
+                **({"world_size": dist.world_size} if dist.enabled else {}),
+            },
+        )
+    dist.barrier()  # every rank returns once the model is on disk
     return TrainResult(
         model=model,
         model_dir=model_dir,
@@ -544,6 +730,7 @@ def train(
         train_seconds=train_seconds,
         embedding_seconds=trainer.embedding_seconds,
         device=str(trainer.device),
+        world_size=dist.world_size,
     )
 
 
