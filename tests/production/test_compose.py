@@ -91,7 +91,13 @@ VOLUMES = {
     "evidently-workspace",
 }
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-FILE_SETS = {"production": [BASE], "development": [BASE, OVERRIDE]}
+# label: (files, CLI arguments, variables beside the secrets)
+FILE_SETS: dict[str, tuple[list[Path], list[str], dict[str, str]]] = {
+    "production": ([BASE], [], {}),
+    "development": ([BASE, OVERRIDE], [], {}),  # no GPU worker: training on the CPU worker
+    "development-gpu": ([BASE, OVERRIDE], ["--profile", "gpu"], {"SHOPFLOW_TRAINING_QUEUE": "gpu"}),
+}
+TRAINING_QUEUE = {"production": "gpu", "development": "default", "development-gpu": "gpu"}
 _VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -133,9 +139,9 @@ def references(path: Path) -> list[tuple[str, str, str]]:
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
     """`config --format json` of each file set, with the env it was rendered with."""
     out = {}
-    for label, files in FILE_SETS.items():
-        env = secrets_env()
-        result = run_compose(tmp_path_factory.mktemp(label), files, env, "config", "--format", "json")
+    for label, (files, args, extra) in FILE_SETS.items():
+        env = {**secrets_env(), **extra}
+        result = run_compose(tmp_path_factory.mktemp(label), files, env, *args, "config", "--format", "json")
         assert result.returncode == 0, f"{label}: compose config failed:\n{result.stderr}"
         out[label] = (json.loads(result.stdout), env)
     return out
@@ -145,11 +151,17 @@ def services(rendered: dict[str, Any], label: str) -> dict[str, dict[str, Any]]:
     return rendered[label][0]["services"]
 
 
+def airflow_in(stack: dict[str, Any]) -> list[str]:
+    """The Airflow services of a rendered stack (the development one has no GPU worker)."""
+    return sorted(AIRFLOW_SERVICES & set(stack))
+
+
 # --- validity ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("label", FILE_SETS)
 def test_config_is_valid(tmp_path: Path, label: str) -> None:
     started = time.perf_counter()
-    result = run_compose(tmp_path, FILE_SETS[label], secrets_env(), "config", "-q")
+    files, args, extra = FILE_SETS[label]
+    result = run_compose(tmp_path, files, {**secrets_env(), **extra}, *args, "config", "-q")
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", f"compose warned: {result.stderr}"
     assert time.perf_counter() - started < 30
@@ -157,7 +169,10 @@ def test_config_is_valid(tmp_path: Path, label: str) -> None:
 
 @pytest.mark.parametrize("label", FILE_SETS)
 def test_services_are_the_stack(rendered: dict[str, Any], label: str) -> None:
-    assert set(services(rendered, label)) == AIRFLOW_SERVICES | {"postgres", "redis", "bento", "evidently-ui"}
+    expected = AIRFLOW_SERVICES | {"postgres", "redis", "bento", "evidently-ui"}
+    if label == "development":
+        expected -= {"airflow-worker-gpu"}
+    assert set(services(rendered, label)) == expected
 
 
 # --- healthchecks and start order ---------------------------------------------------------------------
@@ -189,11 +204,11 @@ def test_start_order_waits_on_health_and_migration(rendered: dict[str, Any], lab
     assert init["command"][-1].endswith("docker/airflow/init.sh")
     assert "airflow db migrate" in AIRFLOW_INIT.read_text()
     assert init["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+    for name in set(airflow_in(stack)) - {"airflow-init"}:
         depends = stack[name]["depends_on"]
         assert depends["airflow-init"]["condition"] == "service_completed_successfully", name
         assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy", name
-    for worker in ("airflow-worker", "airflow-worker-gpu"):
+    for worker in set(airflow_in(stack)) & {"airflow-worker", "airflow-worker-gpu"}:
         assert stack[worker]["depends_on"]["airflow-apiserver"]["condition"] == "service_healthy"
 
 
@@ -213,7 +228,7 @@ def test_airflow_is_celery_on_postgres_with_shared_secrets(rendered: dict[str, A
     stack, env = services(rendered, label), rendered[label][1]
     known = airflow_options()
     shared = None
-    for name in AIRFLOW_SERVICES:
+    for name in airflow_in(stack):
         e = stack[name]["environment"]
         unknown = sorted(k for k in e if k.startswith("AIRFLOW__") and k not in known)
         assert not unknown, f"{name}: not Airflow 3.3 options: {unknown}"
@@ -243,11 +258,14 @@ def test_auth_manager_fab_in_production_simple_with_one_admin_in_development(
     for name in AIRFLOW_SERVICES:
         prod = services(rendered, "production")[name]["environment"]
         assert prod["AIRFLOW__CORE__AUTH_MANAGER"].endswith("fab_auth_manager.FabAuthManager")
-        dev = services(rendered, "development")[name]["environment"]
-        assert dev["AIRFLOW__CORE__AUTH_MANAGER"] == SIMPLE_AUTH_MANAGER
-        assert dev["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
-        assert dev["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
-        assert dev["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"].startswith("/opt/airflow/auth/")
+        for label in ("development", "development-gpu"):
+            if name not in services(rendered, label):
+                continue
+            dev = services(rendered, label)[name]["environment"]
+            assert dev["AIRFLOW__CORE__AUTH_MANAGER"] == SIMPLE_AUTH_MANAGER
+            assert dev["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
+            assert dev["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
+            assert dev["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"].startswith("/opt/airflow/auth/")
 
 
 @pytest.mark.parametrize("label", FILE_SETS)
@@ -255,19 +273,23 @@ def test_gpu_worker_reserves_nvidia_gpus_and_takes_the_training_queue(
     rendered: dict[str, Any], label: str
 ) -> None:
     stack = services(rendered, label)
-    gpu, cpu = stack["airflow-worker-gpu"], stack["airflow-worker"]
+    # The DAG is parsed (dag-processor) and queued (scheduler) with the workers' training queue.
+    for name in airflow_in(stack):
+        assert stack[name]["environment"]["SHOPFLOW_TRAINING_QUEUE"] == TRAINING_QUEUE[label], name
+        assert stack[name]["environment"]["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == "default", name
+    cpu = stack["airflow-worker"]
+    assert cpu["command"][:2] == ["celery", "worker"] and _queues(cpu["command"]) == ["default"]
+    if label == "development":  # a workstation without a GPU: no worker on queue gpu, none needed
+        assert "airflow-worker-gpu" not in stack
+        return
+    gpu = stack["airflow-worker-gpu"]
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert device["count"] == -1  # `all`, as compose normalises it
     assert gpu["command"][:2] == ["celery", "worker"] and _queues(gpu["command"]) == ["gpu"]
-    assert cpu["command"][:2] == ["celery", "worker"] and _queues(cpu["command"]) == ["default"]
     assert "deploy" not in cpu
     assert gpu["build"]["args"]["TORCH_VARIANT"] == "cuda" and cpu["build"]["args"]["TORCH_VARIANT"] == "cpu"
     assert gpu["image"] != cpu["image"]
-    # The DAG is parsed (dag-processor) and queued (scheduler) with the same training queue.
-    for name in AIRFLOW_SERVICES:
-        assert stack[name]["environment"]["SHOPFLOW_TRAINING_QUEUE"] == "gpu", name
-        assert stack[name]["environment"]["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == "default", name
 
 
 def _queues(command: list[str]) -> list[str]:
@@ -279,7 +301,7 @@ def _queues(command: list[str]) -> list[str]:
 def test_shopflow_settings_are_real_fields_on_postgres(rendered: dict[str, Any], label: str) -> None:
     stack, env = services(rendered, label), rendered[label][1]
     fields = {f"SHOPFLOW_{name.upper()}" for name in Settings.model_fields}
-    for name in (*AIRFLOW_SERVICES, "bento"):
+    for name in (*airflow_in(stack), "bento"):
         e = stack[name]["environment"]
         unknown = sorted(k for k in e if k.startswith("SHOPFLOW_") and k not in fields)
         assert not unknown, f"{name}: no such setting in ml/settings.py: {unknown}"
