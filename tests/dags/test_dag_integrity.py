@@ -53,6 +53,31 @@ def test_ingest_dag_shape(dagbag: Any) -> None:
     assert dag.get_task("ingest").retry_delay.total_seconds() <= 60
 
 
+def test_monitor_dag_shape(dagbag: Any) -> None:
+    """load → reports → branch; the branch chooses among retrain + alert, alert, or nothing."""
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+    from airflow.sdk import CronDataIntervalTimetable
+
+    dag = dagbag.dags["monitor_drift"]
+    assert set(dag.task_ids) == {
+        "load_serving_logs",
+        "compute_reports",
+        "decide",
+        "trigger_retraining",
+        "alert",
+        "no_action",
+    }
+    assert dag.get_task("compute_reports").upstream_task_ids == {"load_serving_logs"}
+    assert dag.get_task("decide").downstream_task_ids == {"trigger_retraining", "alert", "no_action"}
+    trigger = dag.get_task("trigger_retraining")
+    assert isinstance(trigger, TriggerDagRunOperator)
+    assert trigger.trigger_dag_id == "train_recommender" and trigger.wait_for_completion is False
+    assert set(trigger.conf) == {"reason", "report"}
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert set(dag.params.keys()) == {"interval_start", "interval_end"}
+
+
 def _in_fresh_interpreter(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     full_env = {**os.environ, **(env or {})}
     done = subprocess.run(
