@@ -185,22 +185,36 @@ def train(
     ] = None,
     max_users: Annotated[int | None, typer.Option(help="Train on a random slice of this many users.")] = None,
 ) -> None:
-    """Train a challenger on the marts, evaluate it with the baselines, register it and gate it."""
+    """Train a challenger on the marts, evaluate it with the baselines, register it and gate it.
+
+    Under torchrun (`torchrun --nproc-per-node N -m ml.cli train ...`) every process runs this:
+    rank 0 snapshots the marts, all N train one model with DDP, then rank 0 alone evaluates,
+    registers and gates it.
+    """
     from ml import training
+    from ml.train import continue_alone, process_group
 
     settings = get_settings()
     if max_users is not None:
         settings = settings.model_copy(update={"train_max_users": max_users})
     extra = json.loads(overrides) if overrides else {}
-    run_id = _run_id("train")
-    dataset = training.build_dataset(run_id, settings)
-    typer.echo(
-        f"dataset: {dataset['users']:,} users, {dataset['items']:,} items, {dataset['interactions']:,} events"
-    )
-    trained = training.train_challenger(run_id, extra, settings)
+    with process_group(training.train_config(settings, extra).device) as dist:
+        run_id = dist.broadcast(_run_id("train"))  # one run folder for all ranks
+        if dist.is_main:
+            dataset = training.build_dataset(run_id, settings)
+            typer.echo(
+                f"dataset: {dataset['users']:,} users, {dataset['items']:,} items, "
+                f"{dataset['interactions']:,} events"
+            )
+        dist.barrier()  # the snapshot is written before any rank reads it
+        trained = training.train_challenger(run_id, extra, settings)
+    if not dist.is_main:
+        return
+    continue_alone()  # the other ranks are done: what follows (baselines too) runs in this process
+    processes = f" x {dist.world_size} processes (DDP)" if dist.enabled else ""
     typer.echo(
         f"trained: best epoch {trained['best_epoch']}, "
-        f"{trained['train_seconds']:.0f} s on {trained['device']}"
+        f"{trained['train_seconds']:.0f} s on {trained['device']}{processes}"
     )
     evaluation = training.evaluate_challenger(run_id, extra, settings)
     typer.echo((Path(evaluation["report_dir"]) / "metrics.md").read_text())

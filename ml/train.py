@@ -244,6 +244,19 @@ def process_group(device: str = "auto") -> Iterator[Distributed]:
         torch.distributed.destroy_process_group()
 
 
+TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
+
+
+def continue_alone() -> None:
+    """Forget the torchrun job after its process group closed: later work here is single-process.
+
+    ``shopflow train``'s rank 0 evaluates, trains the SASRec baseline and registers alone once
+    the others have exited; without this, that baseline's :func:`train` would wait for them.
+    """
+    for name in TORCHRUN_VARIABLES:
+        os.environ.pop(name, None)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -444,7 +457,7 @@ class Trainer:
         # Dropout masks and sampled negatives should differ between ranks (the weights do not).
         torch.manual_seed(self.config.seed + self.dist.rank)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        self._ddp = DistributedDataParallel(_Objective(self), device_ids=ids, broadcast_buffers=False)
+        self._ddp = DistributedDataParallel(_Objective(self), device_ids=ids, forward_sync_buffers=False)
 
     def _batch_count(self) -> int:
         """Batches of one epoch for this process: all of them, or a rank's equal share."""

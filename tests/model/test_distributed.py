@@ -175,5 +175,23 @@ def test_two_ranks_train_one_model(tmp_path: Path) -> None:
     print(f"torchrun x{WORLD}: {seconds:.1f} s, best val ndcg@10 {first['best_metric']:.4f}")
 
 
+def test_the_job_is_read_from_torchruns_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.train import Distributed, continue_alone
+
+    assert Distributed.from_env({}) == Distributed() and not Distributed().enabled
+    assert not Distributed.from_env({"WORLD_SIZE": "1", "RANK": "0"}).enabled
+    with pytest.raises(RuntimeError, match="RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT not set"):
+        Distributed.from_env({"WORLD_SIZE": "4"})
+    job = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    job |= {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    assert Distributed.from_env(job) == Distributed(rank=3, local_rank=1, world_size=4, local_world_size=2)
+    assert not Distributed.from_env(job).is_main
+    for key, value in job.items():
+        monkeypatch.setenv(key, value)
+    assert Distributed.from_env().world_size == 4
+    continue_alone()  # rank 0 of `shopflow train` after the others exit
+    assert Distributed.from_env() == Distributed()
+
+
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
