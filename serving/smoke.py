@@ -14,12 +14,102 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ml.settings import PROJECT_DIR, Settings, get_settings
 
 BENTOFILE = PROJECT_DIR / "serving" / "bentofile.yaml"
+
+# A tiny but real recommender (packaged MiniLM frozen, one sequence layer): trains in seconds on
+# a CPU, so the serving tests and the serving benchmark can make their own champion.
+SAMPLE_CONFIG: dict[str, Any] = {
+    "hidden": 32,
+    "layers": 1,
+    "heads": 2,
+    "dropout": 0.1,
+    "max_len": 10,
+    "max_text_tokens": 32,
+    "batch_size": 32,
+    "lr": 1e-2,
+    "epochs": 2,
+    "patience": 2,
+    "progress": False,
+    "num_threads": 2,
+}
+
+
+@dataclass(frozen=True)
+class SampleChampion:
+    """A registered and promoted sample model, with the data it was trained on."""
+
+    tag: str
+    version_dir: Path
+    examples: Any
+    """The sampled users' interactions (a DataFrame: user_id, item_id, position, ...)."""
+    cold_items: list[str]
+    """Catalog items no sampled user interacted with (text only)."""
+
+
+def register_sample_champion(
+    settings: Settings,
+    scratch: Path,
+    users: int = 50,
+    cold: int = 10,
+    seed: int = 0,
+    run_id: str = "serving-sample",
+) -> SampleChampion:
+    """Train a small real model on a slice of the shipped Beauty data, register and promote it.
+
+    The slice is ``users`` random users with all their items plus ``cold`` items none of them
+    touched; the model is registered in ``settings``' BentoML store and promoted, exactly as the
+    training DAG does, so a service loads it the way it loads a real champion.
+
+    Args:
+        settings: whose store receives the version (``settings.bentoml_home``).
+        scratch: a folder for the training run and embedding cache.
+        users: how many users to sample.
+        cold: how many never-seen catalog items to add.
+        seed: the user sample's random state.
+        run_id: the lineage run id recorded with the version.
+    """
+    import shutil
+
+    import pandas as pd
+
+    from ml import registry
+    from ml.datasets import from_frames, shipped_frames
+    from ml.train import TrainConfig, train
+    from serving.logic import write_histories
+
+    examples, items = shipped_frames(settings.data_dir)
+    sample = examples["user_id"].drop_duplicates().sort_values().sample(users, random_state=seed)
+    examples = examples[examples["user_id"].isin(set(sample))].reset_index(drop=True)
+    seen = set(examples["item_id"])
+    cold_frame = items[~items["item_id"].isin(seen)].sort_values("item_id").head(cold)
+    items = pd.concat([items[items["item_id"].isin(seen)], cold_frame], ignore_index=True)
+    data = from_frames(examples, items, source="beauty")
+
+    result = train(data, TrainConfig(**SAMPLE_CONFIG, cache_dir=scratch / "cache"), scratch / "run" / "train")
+    package = scratch / "run" / "package"
+    if package.exists():
+        shutil.rmtree(package)
+    shutil.copytree(result.model_dir, package / "model")
+    (package / "report").mkdir()
+    (package / "report" / "metrics.json").write_text("{}")
+    write_histories(examples, package)
+    version = registry.register(
+        package,
+        metrics={"validation": {"ndcg@10": result.best_metric}},
+        config=SAMPLE_CONFIG,
+        lineage={"run_id": run_id},
+        settings=settings,
+    )
+    registry.promote(version.tag, settings, reason=f"sample champion ({users} users)")
+    return SampleChampion(version.tag, version.path, examples, [str(i) for i in cold_frame["item_id"]])
 
 
 def _env(settings: Settings, model_tag: str | None) -> dict[str, str]:
@@ -31,7 +121,16 @@ def _env(settings: Settings, model_tag: str | None) -> dict[str, str]:
     }
     if model_tag:
         env["SHOPFLOW_SERVING_MODEL"] = model_tag
+    if settings.serving_api_token is not None:
+        env["SHOPFLOW_SERVING_API_TOKEN"] = settings.serving_api_token.get_secret_value()
     return env
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """The Authorization header a client of the Bento sends (none when no token is configured)."""
+    if settings.serving_api_token is None:
+        return {}
+    return {"Authorization": f"Bearer {settings.serving_api_token.get_secret_value()}"}
 
 
 def _bentoml() -> str:
@@ -68,6 +167,73 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    """A ``bentoml serve`` subprocess that answered /readyz."""
+
+    base_url: str
+    ready_s: float
+    log_path: Path
+    process: subprocess.Popen[Any]
+
+
+@contextmanager
+def running_server(
+    target: str = "serving.service:Recommender",
+    model_tag: str | None = None,
+    settings: Settings | None = None,
+    timeout_s: float = 180.0,
+    extra_env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+) -> Iterator[RunningServer]:
+    """``bentoml serve <target>`` on a free loopback port, ready on entry, stopped on exit.
+
+    Args:
+        target: a Bento tag (from :func:`build_bento`) or the service import path.
+        model_tag: the version to serve when ``target`` is the import path (default: champion).
+        settings: ShopFlow settings (store, work dir, API token).
+        timeout_s: how long the server may take to become ready.
+        extra_env: more environment for the server (e.g. BentoML config options).
+        log_dir: where the server's output goes (default ``<work_dir>/serving_logs``).
+
+    Raises:
+        RuntimeError: the server died or was not ready in time (with the end of its log).
+    """
+    import httpx
+
+    settings = settings or get_settings()
+    port = free_port()
+    log_path = (log_dir or settings.work_dir / "serving_logs") / f"serve-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            [_bentoml(), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=PROJECT_DIR,
+            env={**_env(settings, model_tag), **(extra_env or {})},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: the workers stop with it
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base, timeout=10) as http:
+                while True:
+                    if server.poll() is not None:
+                        raise RuntimeError(f"bentoml serve exited early:\n{log_path.read_text()[-4000:]}")
+                    if time.monotonic() - started > timeout_s:
+                        raise RuntimeError(f"bentoml serve not ready in {timeout_s:.0f} s (log: {log_path})")
+                    try:
+                        if http.get("/readyz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.5)
+            yield RunningServer(base, round(time.monotonic() - started, 2), log_path, server)
+        finally:
+            _stop(server)
+
+
 def smoke_query(
     target: str = "serving.service:Recommender",
     model_tag: str | None = None,
@@ -79,7 +245,7 @@ def smoke_query(
     Args:
         target: a Bento tag (from :func:`build_bento`) or the service import path.
         model_tag: the version to serve when ``target`` is the import path (default: champion).
-        settings: ShopFlow settings.
+        settings: ShopFlow settings (the API token, when set, is sent).
         timeout_s: how long the server may take to become ready.
 
     Returns:
@@ -91,67 +257,40 @@ def smoke_query(
     import httpx
 
     settings = settings or get_settings()
-    port = free_port()
-    log_path = settings.work_dir / "serving_logs" / f"smoke-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    with log_path.open("w") as log_file:
-        server = subprocess.Popen(
-            [_bentoml(), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=PROJECT_DIR,
-            env=_env(settings, model_tag),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: the workers stop with it
-        )
-        try:
-            return _query(server, f"http://127.0.0.1:{port}", started, timeout_s, log_path, httpx)
-        finally:
-            _stop(server)
+    with (
+        running_server(target, model_tag, settings, timeout_s) as server,
+        httpx.Client(base_url=server.base_url, timeout=60, headers=auth_headers(settings)) as http,
+    ):
+        return _query(http, server.ready_s)
 
 
-def _query(
-    server: subprocess.Popen[Any], base: str, started: float, timeout_s: float, log_path: Path, httpx: Any
-) -> dict[str, Any]:
-    with httpx.Client(base_url=base, timeout=60) as http:
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited early:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() - started > timeout_s:
-                raise RuntimeError(f"bentoml serve not ready in {timeout_s:.0f} s (log: {log_path})")
-            try:
-                if http.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        ready_s = time.monotonic() - started
-        calls = {
-            "recommend": ("/recommend", {"recent_items": [], "user_id": "smoke-test-user", "k": 5}),
-            "search": ("/search", {"query": "moisturizing face cream", "k": 5}),
-        }
-        out: dict[str, Any] = {"ready_s": round(ready_s, 2), "endpoints": {}}
-        for name, (path, payload) in calls.items():
-            t = time.perf_counter()
-            response = http.post(path, json=payload)
-            out["endpoints"][name] = {
-                "status": response.status_code,
-                "latency_ms": round((time.perf_counter() - t) * 1000, 1),
-            }
-            if response.status_code != 200:
-                raise RuntimeError(f"{path} answered {response.status_code}: {response.text[:500]}")
-            body = response.json()
-            out["model_version"] = body["model_version"]
-        item = body["items"][0]["item_id"]
+def _query(http: Any, ready_s: float) -> dict[str, Any]:
+    calls = {
+        "recommend": ("/recommend", {"recent_items": [], "user_id": "smoke-test-user", "k": 5}),
+        "search": ("/search", {"query": "moisturizing face cream", "k": 5}),
+    }
+    out: dict[str, Any] = {"ready_s": ready_s, "endpoints": {}}
+    for name, (path, payload) in calls.items():
         t = time.perf_counter()
-        similar = http.post("/similar", json={"item_id": item, "k": 5})
-        out["endpoints"]["similar"] = {
-            "status": similar.status_code,
+        response = http.post(path, json=payload)
+        out["endpoints"][name] = {
+            "status": response.status_code,
             "latency_ms": round((time.perf_counter() - t) * 1000, 1),
         }
-        if similar.status_code != 200:
-            raise RuntimeError(f"/similar answered {similar.status_code}: {similar.text[:500]}")
-        return out
+        if response.status_code != 200:
+            raise RuntimeError(f"{path} answered {response.status_code}: {response.text[:500]}")
+        body = response.json()
+        out["model_version"] = body["model_version"]
+    item = body["items"][0]["item_id"]
+    t = time.perf_counter()
+    similar = http.post("/similar", json={"item_id": item, "k": 5})
+    out["endpoints"]["similar"] = {
+        "status": similar.status_code,
+        "latency_ms": round((time.perf_counter() - t) * 1000, 1),
+    }
+    if similar.status_code != 200:
+        raise RuntimeError(f"/similar answered {similar.status_code}: {similar.text[:500]}")
+    return out
 
 
 def _stop(server: subprocess.Popen[Any]) -> None:

@@ -8,7 +8,6 @@ champion.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +20,6 @@ from ml.settings import PROJECT_DIR, Settings, get_settings
 
 N_USERS = 50
 N_COLD = 10
-TINY = {
-    "hidden": 32,
-    "layers": 1,
-    "heads": 2,
-    "dropout": 0.1,
-    "max_len": 10,
-    "max_text_tokens": 32,
-    "batch_size": 32,
-    "lr": 1e-2,
-    "epochs": 2,
-    "patience": 2,
-    "progress": False,
-    "num_threads": 2,
-}
 
 
 @dataclass(frozen=True)
@@ -53,36 +38,12 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
-    from ml import registry
-    from ml.datasets import from_frames, shipped_frames
-    from ml.train import TrainConfig, train
-    from serving.logic import write_histories
+    from serving.smoke import register_sample_champion
 
     root = tmp_path_factory.mktemp("serving")
     settings = Settings(work_dir=root / "work", data_dir=PROJECT_DIR / "data", pii_salt="test-salt")  # type: ignore[arg-type]
-    examples, items = shipped_frames(settings.data_dir)
-    users = examples["user_id"].drop_duplicates().sort_values().sample(N_USERS, random_state=0)
-    examples = examples[examples["user_id"].isin(set(users))].reset_index(drop=True)
-    seen = set(examples["item_id"])
-    cold = items[~items["item_id"].isin(seen)].sort_values("item_id").head(N_COLD)
-    items = pd.concat([items[items["item_id"].isin(seen)], cold], ignore_index=True)
-    data = from_frames(examples, items, source="beauty")
-
-    result = train(data, TrainConfig(**TINY, cache_dir=root / "cache"), root / "run" / "train")
-    package = root / "run" / "package"
-    shutil.copytree(result.model_dir, package / "model")
-    (package / "report").mkdir()
-    (package / "report" / "metrics.json").write_text("{}")
-    write_histories(examples, package)
-    version = registry.register(
-        package,
-        metrics={"validation": {"ndcg@10": result.best_metric}},
-        config=TINY,
-        lineage={"run_id": "serving-test"},
-        settings=settings,
-    )
-    registry.promote(version.tag, settings, reason="serving tests")
-    return Served(settings, version.tag, version.path, examples, [str(i) for i in cold["item_id"]])
+    sample = register_sample_champion(settings, root, users=N_USERS, cold=N_COLD, run_id="serving-test")
+    return Served(settings, sample.tag, sample.version_dir, sample.examples, sample.cold_items)
 
 
 @pytest.fixture(scope="session")

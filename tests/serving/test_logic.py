@@ -141,3 +141,58 @@ def test_histories_fall_back_to_the_run_snapshot_then_to_none(served: Any, tmp_p
     found = ServingModel(version, tag=served.tag, log_dir=tmp_path / "logs", work_dir=work)
     assert found.histories_source.endswith("examples.parquet")
     assert found.recommend(user_id=user, k=3)["strategy"] == "personalized"
+
+
+def test_concurrent_searches_share_encoder_passes_and_get_their_own_answers(engine: ServingModel) -> None:
+    """QueryCombiner: N threads searching at once take fewer than N encoder passes, same answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = ["lipstick", "shampoo", "perfume", "nail polish", "mascara", "eye liner", "soap", "gel"] * 4
+    alone = {q: engine.search(q, k=3)["items"] for q in set(queries)}
+    combiner = engine.query_combiner
+    passes, encoded = combiner.passes, combiner.encoded
+    with ThreadPoolExecutor(len(queries)) as pool:
+        answers = list(pool.map(lambda q: engine.search(q, k=3), queries))
+    assert [a["query"] for a in answers] == queries
+    for answer in answers:
+        got = [h["item_id"] for h in answer["items"]]
+        assert got == [h["item_id"] for h in alone[answer["query"]]]
+        scores = [h["score"] for h in answer["items"]]
+        assert scores == pytest.approx([h["score"] for h in alone[answer["query"]]], abs=1e-4)
+    assert combiner.encoded - encoded == len(queries)
+    assert combiner.passes - passes < len(queries)
+
+
+def test_a_failing_encoder_pass_fails_every_waiter_with_its_error() -> None:
+    import threading
+
+    import numpy as np
+
+    from serving.logic import QueryCombiner
+
+    gate = threading.Event()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        gate.wait(5)
+        if "bad" in texts:
+            raise ValueError("encoder broke on 'bad'")
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    combiner = QueryCombiner(encode)
+    results: dict[str, Any] = {}
+
+    def call(text: str) -> None:
+        try:
+            results[text] = combiner(text).shape
+        except ValueError as error:
+            results[text] = str(error)
+
+    threads = [threading.Thread(target=call, args=(t,)) for t in ("good", "bad", "fine")]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert "encoder broke" in results["bad"]
+    assert len(results) == 3
+    assert all(v == (4,) or "encoder broke" in v for v in results.values())

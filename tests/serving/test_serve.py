@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from ml.settings import PROJECT_DIR
 
@@ -85,6 +86,12 @@ def test_bentoml_serve_answers_every_endpoint(
                 )
             assert [a.status_code for a in answers] == [200] * len(queries)
             assert [a.json()[0]["query"] for a in answers] == queries
+            # The load client (serving/loadtest.py) against the real server: closed loop, no errors.
+            from serving.loadtest import run_cell
+
+            cell = run_cell(base, "recommend", [{"user_id": user, "k": 5}], 4, 1.0, warmup_s=0.2)
+            assert cell.requests > 10 and cell.errors == 0, cell
+            assert 0 < cell.p50_ms <= cell.p99_ms <= cell.max_ms
         print(f"bentoml serve ready in {ready_s:.1f} s")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -103,15 +110,41 @@ def test_bentoml_serve_answers_every_endpoint(
     assert {"recommend", "similar", "search"} <= endpoints
 
 
+def test_a_token_guards_the_real_server_and_clients_send_it(served: Any, service_env: dict[str, str]) -> None:
+    """SHOPFLOW_SERVING_API_TOKEN on `bentoml serve`: 401 without it, probes and /metrics open,
+    and the load client sends it from the settings."""
+    from serving.loadtest import run_cell
+    from serving.smoke import auth_headers, running_server
+
+    settings = served.settings.model_copy(update={"serving_api_token": SecretStr("real-server-token")})
+    with running_server(settings=settings) as server, httpx.Client(base_url=server.base_url) as http:
+        refused = http.post("/recommend", json={"user_id": "u", "k": 1})
+        assert refused.status_code == 401 and "missing credentials" in refused.json()["error"]
+        wrong = http.post("/search", json={"query": "soap"}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "invalid credentials" in wrong.json()["error"]
+        for probe in ("/livez", "/readyz", "/metrics"):
+            assert http.get(probe).status_code == 200, probe
+        cell = run_cell(
+            server.base_url, "search", [{"query": "soap", "k": 1}], 2, 0.5, 0.1, auth_headers(settings)
+        )
+        assert cell.requests > 0 and cell.errors == 0, cell
+        unauthenticated = run_cell(server.base_url, "search", [{"query": "soap", "k": 1}], 1, 0.3, 0)
+        assert unauthenticated.errors == unauthenticated.requests > 0
+        assert unauthenticated.error_examples[0].startswith("401")
+
+
 def test_built_bento_passes_the_smoke_query(served: Any, service_env: dict[str, str]) -> None:
-    """What the training DAG runs before promotion: build the Bento around a tag, serve it, query it."""
+    """What the training DAG runs before promotion: build the Bento around a tag, serve it, query it.
+
+    With a token configured: the Bento's server gets it and the smoke query sends it."""
     from serving.smoke import build_bento, smoke_query
 
     started = time.monotonic()
     bento = build_bento(served.tag, served.settings)
     built_s = time.monotonic() - started
     assert bento.startswith("shopflow:")
-    result = smoke_query(bento, settings=served.settings)
+    settings = served.settings.model_copy(update={"serving_api_token": SecretStr("smoke-token")})
+    result = smoke_query(bento, settings=settings)
     assert result["model_version"] == served.tag
     assert {e["status"] for e in result["endpoints"].values()} == {200}
     print(f"bento built in {built_s:.1f} s, ready in {result['ready_s']} s: {result['endpoints']}")

@@ -1,0 +1,397 @@
+"""Closed-loop load on the Bento: N concurrent clients for a fixed time, latency percentiles.
+
+Each client (an asyncio task with its own keep-alive connection) sends its next request as soon
+as the previous one is answered, for ``seconds`` after a short warm-up that is not counted; a
+request is an error when it fails, times out or answers anything but 200. The same payloads drive
+the in-process floor in ``bench/serving.py``. Bounded on purpose: loopback servers only, at most
+``MAX_CONCURRENCY`` clients and ``MAX_SECONDS`` per cell.
+
+The default client speaks plain HTTP/1.1 over asyncio streams with pre-encoded bodies (about
+0.2 ms of CPU per request); ``--client httpx`` uses httpx.AsyncClient, which spends several ms of
+CPU per request here, as much as the server: on a 2-core machine that CPU is taken from the
+server being measured.
+
+    python -m serving.loadtest --url http://127.0.0.1:3000 --endpoint recommend --concurrency 1 8 32
+    python -m serving.loadtest --endpoint search --seconds 5          # quick try
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+MAX_CONCURRENCY = 256
+MAX_SECONDS = 600.0
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+ENDPOINTS = ("recommend", "search")
+CLIENTS = ("raw", "httpx")
+
+# Short shopper queries (what a search box receives), none copied from the catalog.
+SEARCH_QUERIES = [
+    "red matte lipstick",
+    "moisturizing face cream",
+    "shampoo for dry hair",
+    "nail polish",
+    "waterproof mascara",
+    "sunscreen spf 50",
+    "anti aging serum",
+    "eyeliner pencil black",
+    "men's shaving cream",
+    "vanilla perfume",
+    "hair straightener",
+    "makeup brushes set",
+    "tea tree oil",
+    "dandruff shampoo",
+    "lip balm",
+    "body lotion for sensitive skin",
+    "eye shadow palette",
+    "argan oil hair treatment",
+    "foundation for oily skin",
+    "nail art stickers",
+    "beard oil",
+    "facial cleansing brush",
+    "dry shampoo",
+    "hand cream",
+    "concealer",
+    "curling iron",
+    "bb cream",
+    "false eyelashes",
+    "acne spot treatment",
+    "hair dye brown",
+    "bath bombs",
+    "under eye cream",
+]
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: POST a JSON body, read status and body."""
+
+    def __init__(self, host: str, port: int, headers: dict[str, str]) -> None:
+        self.host, self.port = host, port
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.head = f"Host: {host}:{port}\r\nContent-Type: application/json\r\n{extra}".encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: bytes, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(
+            b"POST " + path + b" HTTP/1.1\r\n" + self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split(b" ", 2)[1])
+        length, chunked, close = 0, False, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                close = b"close" in value.lower()
+        if chunked:
+            parts = []
+            while size := int((await self.reader.readline()).split(b";")[0], 16):
+                parts.append(await self.reader.readexactly(size))
+                await self.reader.readline()
+            await self.reader.readline()
+            data = b"".join(parts)
+        else:
+            data = await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One (endpoint, concurrency) cell of a load run."""
+
+    endpoint: str
+    concurrency: int
+    seconds: float
+    requests: int
+    errors: int
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    error_examples: list[str]
+
+
+def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/max in milliseconds (NaN for an empty sample)."""
+    if not latencies_s:
+        return {
+            "p50_ms": float("nan"),
+            "p95_ms": float("nan"),
+            "p99_ms": float("nan"),
+            "max_ms": float("nan"),
+        }
+    arr = np.asarray(latencies_s) * 1000.0
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {
+        "p50_ms": round(float(p50), 2),
+        "p95_ms": round(float(p95), 2),
+        "p99_ms": round(float(p99), 2),
+        "max_ms": round(float(arr.max()), 2),
+    }
+
+
+def check_bounds(url: str, concurrency: int, seconds: float) -> None:
+    """Refuse anything but a bounded load on a loopback server."""
+    host = urlparse(url).hostname
+    if host not in LOOPBACK:
+        raise ValueError(
+            f"--url {url!r}: only loopback servers ({', '.join(sorted(LOOPBACK))}) are load-tested"
+        )
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ValueError(f"concurrency {concurrency}: must be 1..{MAX_CONCURRENCY}")
+    if not 0 < seconds <= MAX_SECONDS:
+        raise ValueError(f"seconds {seconds}: must be in (0, {MAX_SECONDS:.0f}]")
+
+
+async def _run_cell(
+    url: str,
+    endpoint: str,
+    payloads: Sequence[dict[str, Any]],
+    concurrency: int,
+    seconds: float,
+    warmup_s: float,
+    headers: dict[str, str],
+    timeout_s: float,
+    client: str,
+) -> CellResult:
+    path = f"/{endpoint}"
+    bodies = [json.dumps(p).encode() for p in payloads]
+    cycle = itertools.cycle(range(len(bodies)))
+    latencies: list[float] = []
+    errors = 0
+    examples: list[str] = []
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop = measure_from + seconds
+
+    def record(sent: float, problem: str | None) -> None:
+        nonlocal errors
+        if sent < measure_from:
+            return  # warm-up: connections opened, caches and allocator settled
+        latencies.append(time.perf_counter() - sent)
+        if problem is not None:
+            errors += 1
+            if len(examples) < 3:
+                examples.append(problem)
+
+    async def raw_client() -> None:
+        parsed = urlparse(url)
+        connection = _Connection(parsed.hostname or "127.0.0.1", parsed.port or 80, headers)
+        target = path.encode()
+        try:
+            while (sent := time.perf_counter()) < stop:
+                problem = None
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        status, data = await connection.post(target, bodies[next(cycle)])
+                    if status != 200:
+                        problem = f"{status}: {data[:200].decode(errors='replace')}"
+                except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as error:
+                    connection.close()
+                    problem = f"{type(error).__name__}: {error}"
+                record(sent, problem)
+        finally:
+            connection.close()
+
+    async def httpx_clients() -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(
+            base_url=url,
+            headers={**headers, "Content-Type": "application/json"},
+            timeout=timeout_s,
+            limits=limits,
+        ) as http:
+
+            async def one() -> None:
+                while (sent := time.perf_counter()) < stop:
+                    problem = None
+                    try:
+                        response = await http.post(path, content=bodies[next(cycle)])
+                        if response.status_code != 200:
+                            problem = f"{response.status_code}: {response.text[:200]}"
+                    except httpx.HTTPError as error:
+                        problem = f"{type(error).__name__}: {error}"
+                    record(sent, problem)
+
+            await asyncio.gather(*(one() for _ in range(concurrency)))
+
+    if client == "httpx":
+        await httpx_clients()
+    else:
+        await asyncio.gather(*(raw_client() for _ in range(concurrency)))
+    measured = max(time.perf_counter() - measure_from, 1e-9)
+    return CellResult(
+        endpoint=endpoint,
+        concurrency=concurrency,
+        seconds=round(measured, 2),
+        requests=len(latencies),
+        errors=errors,
+        requests_per_s=round(len(latencies) / measured, 1),
+        error_examples=examples,
+        **percentiles_ms(latencies),
+    )
+
+
+def run_cell(
+    url: str,
+    endpoint: str,
+    payloads: Sequence[dict[str, Any]],
+    concurrency: int,
+    seconds: float,
+    warmup_s: float = 2.0,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+    client: str = "raw",
+) -> CellResult:
+    """``concurrency`` closed-loop clients POSTing ``payloads`` (cycled) to ``/<endpoint>``.
+
+    Args:
+        url: the server's base URL (loopback only).
+        endpoint: the API name, e.g. ``recommend``.
+        payloads: JSON bodies, sent in order and cycled.
+        concurrency: simultaneous clients (1..MAX_CONCURRENCY).
+        seconds: measured time, after ``warmup_s`` of uncounted requests.
+        warmup_s: uncounted lead-in.
+        headers: sent with every request (the bearer token when the server has one).
+        timeout_s: per-request timeout (a timeout counts as an error).
+        client: ``raw`` (plain HTTP/1.1 on asyncio streams) or ``httpx``.
+    """
+    check_bounds(url, concurrency, seconds)
+    if client not in CLIENTS:
+        raise ValueError(f"client {client!r}: one of {', '.join(CLIENTS)}")
+    if not payloads:
+        raise ValueError(f"no payloads for {endpoint}")
+    return asyncio.run(
+        _run_cell(url, endpoint, payloads, concurrency, seconds, warmup_s, headers or {}, timeout_s, client)
+    )
+
+
+def recommend_payloads(version_dir: Path, n: int = 2000, k: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+    """``/recommend`` bodies for known users of a registered version (its histories.parquet), shuffled."""
+    import pandas as pd
+
+    from serving.logic import HISTORIES_FILE
+
+    path = Path(version_dir) / HISTORIES_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the version has no user histories to draw /recommend users from")
+    users = pd.read_parquet(path, columns=["user_id"])["user_id"].astype(str).drop_duplicates()
+    users = users.sample(min(n, len(users)), random_state=seed)
+    return [{"user_id": u, "k": k} for u in users]
+
+
+def search_payloads(k: int = 10) -> list[dict[str, Any]]:
+    """``/search`` bodies: short shopper queries."""
+    return [{"query": q, "k": k} for q in SEARCH_QUERIES]
+
+
+def payloads_for(endpoint: str, version_dir: Path | None, k: int = 10) -> list[dict[str, Any]]:
+    if endpoint == "search":
+        return search_payloads(k)
+    if version_dir is None:
+        raise ValueError("recommend needs the served version's folder (for its known users)")
+    return recommend_payloads(version_dir, k=k)
+
+
+def format_table(rows: Sequence[CellResult]) -> str:
+    head = f"{'endpoint':<10}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.endpoint:<10}{r.concurrency:>8}{r.requests_per_s:>9.1f}{r.p50_ms:>9.1f}"
+            f"{r.p95_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.loadtest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:3000", help="the server (loopback only)")
+    parser.add_argument("--endpoint", choices=ENDPOINTS, nargs="+", default=list(ENDPOINTS))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="clients per cell")
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds before each cell")
+    parser.add_argument("--k", type=int, default=10, help="items per answer")
+    parser.add_argument("--client", choices=CLIENTS, default="raw", help="HTTP client (see above)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="the served version's folder, for /recommend's users (default: the configured champion)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the cells here")
+    args = parser.parse_args(argv)
+
+    from ml.settings import get_settings
+    from serving.smoke import auth_headers
+
+    settings = get_settings()
+    version_dir = args.model_dir
+    if version_dir is None and "recommend" in args.endpoint:
+        from ml import registry
+
+        tag = registry.champion(settings)
+        if tag is None:
+            parser.error(f"no champion in {settings.bentoml_home}: pass --model-dir")
+        version_dir = registry.get(tag, settings).path
+    rows = []
+    for endpoint in args.endpoint:
+        payloads = payloads_for(endpoint, version_dir, args.k)
+        for n in args.concurrency:
+            rows.append(
+                run_cell(
+                    args.url,
+                    endpoint,
+                    payloads,
+                    n,
+                    args.seconds,
+                    args.warmup,
+                    auth_headers(settings),
+                    client=args.client,
+                )
+            )
+            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    return 1 if any(r.errors for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The load client's bounds and statistics (its HTTP runs are in test_serve.py, on a real server)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from serving.loadtest import check_bounds, format_table, percentiles_ms, run_cell, search_payloads
+
+
+def test_only_bounded_loopback_loads_are_allowed() -> None:
+    check_bounds("http://127.0.0.1:3000", 32, 60)
+    check_bounds("http://localhost:3000", 1, 0.5)
+    with pytest.raises(ValueError, match="loopback"):
+        check_bounds("http://example.com:3000", 1, 1)
+    with pytest.raises(ValueError, match="loopback"):
+        check_bounds("http://10.0.0.5:3000", 1, 1)
+    with pytest.raises(ValueError, match="concurrency"):
+        check_bounds("http://127.0.0.1:3000", 1000, 1)
+    with pytest.raises(ValueError, match="seconds"):
+        check_bounds("http://127.0.0.1:3000", 1, 3600)
+    with pytest.raises(ValueError, match="client"):
+        run_cell("http://127.0.0.1:1", "search", search_payloads(), 1, 1, client="curl")
+
+
+def test_percentiles_are_in_milliseconds() -> None:
+    got = percentiles_ms([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert got["p50_ms"] == pytest.approx(50.5)
+    assert got["p99_ms"] == pytest.approx(99.01)
+    assert got["max_ms"] == 100.0
+    assert all(math.isnan(v) for v in percentiles_ms([]).values())
+
+
+def test_a_refused_connection_counts_as_errors_not_a_crash() -> None:
+    from serving.smoke import free_port
+
+    cell = run_cell(f"http://127.0.0.1:{free_port()}", "search", search_payloads(), 2, 0.3, warmup_s=0)
+    assert cell.requests > 0 and cell.errors == cell.requests
+    assert "ConnectionRefused" in cell.error_examples[0]
+    assert "search" in format_table([cell])
