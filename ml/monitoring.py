@@ -273,6 +273,7 @@ def drift_report(
     categorical: list[str],
     settings: Settings,
     kind: str,
+    timestamp: datetime | None = None,
 ) -> tuple[Any, DriftCheck]:
     """Evidently ``DataDriftPreset`` of ``current`` against ``reference`` on the usable columns.
 
@@ -313,6 +314,8 @@ def drift_report(
         snapshot = report.run(
             Dataset.from_pandas(current, data_definition=definition),
             Dataset.from_pandas(reference, data_definition=definition),
+            timestamp=timestamp,  # the data interval: the workspace dashboard plots over it
+            tags=[kind],
         )
     check = DriftCheck(kind, 0.0, False, rows_current=len(current), rows_reference=len(reference))
     for metric in snapshot.dict()["metrics"]:
@@ -465,7 +468,7 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
         result.notes.append(f"{version.tag} has no {REFERENCE_FILE}: data drift not computed")
     else:
         snapshots["data"], result.data = drift_report(
-            current, reference, DATA_NUMERICAL, DATA_CATEGORICAL, settings, "data"
+            current, reference, DATA_NUMERICAL, DATA_CATEGORICAL, settings, "data", _at(start)
         )
 
     served = request_logs.read_batch(run_id, settings, endpoint="recommend")
@@ -487,6 +490,7 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
             PREDICTION_CATEGORICAL,
             settings,
             "prediction",
+            _at(start),
         )
 
     expected = version.metric("test", "recall@10")
@@ -503,6 +507,10 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
     _add_to_workspace(snapshots, version.tag, run_id, start, settings)
     _write_summary(result, folder)
     return result
+
+
+def _at(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day)
 
 
 def _catalog_categories(settings: Settings) -> pd.DataFrame:
@@ -535,13 +543,33 @@ def _add_to_workspace(
 
     workspace = Workspace.create(str(settings.evidently_dir))
     found = workspace.search_project(model_tag)
-    project = (
-        found[0]
-        if found
-        else workspace.create_project(model_tag, description=f"ShopFlow monitoring of {model_tag}")
-    )
+    project = found[0] if found else _new_project(workspace, model_tag)
     for kind, snapshot in snapshots.items():
         workspace.add_run(project.id, snapshot, name=f"{kind} drift {start} ({run_id})")
+
+
+def _new_project(workspace: Any, model_tag: str) -> Any:
+    """A workspace project for a model version, with its dashboard: drift share per interval."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+
+    project = workspace.create_project(model_tag, description=f"ShopFlow monitoring of {model_tag}")
+    for kind in ("data", "prediction"):
+        project.dashboard.add_panel(
+            line_plot_panel(
+                title=f"{kind.capitalize()} drift: share of drifted columns",
+                values=[
+                    PanelMetric(
+                        legend="share",
+                        metric="evidently:metric_v2:DriftedColumnsCount",
+                        metric_labels={"value_type": "share"},
+                        tags=[kind],
+                    )
+                ],
+                size="half",
+            )
+        )
+    return project
 
 
 # -- decision --------------------------------------------------------------------------------------
