@@ -173,10 +173,11 @@ def run_floor(
     return out  # the engine is dropped here, before the server loads its own copy
 
 
-def service_config() -> dict[str, Any]:
+def service_config(tag: str) -> dict[str, Any]:
     """The served configuration: BentoML's service config and the engine's thread settings."""
     import importlib
 
+    os.environ.setdefault("SHOPFLOW_SERVING_MODEL", tag)  # the module resolves its model at import
     service = importlib.import_module("serving.service")
     return {**service.Recommender.config, "engine_threads": service.SERVING_THREADS}
 
@@ -305,7 +306,7 @@ def main() -> int:
             "command": "bentoml serve serving.service:Recommender",
             "ready_s": server.ready_s,
             "load_average_at_start": load_start,
-            "config": service_config(),
+            "config": service_config(tag),
             "client": "serving.loadtest raw HTTP/1.1 keep-alive, one connection per client",
         },
         "results": cells,

@@ -204,7 +204,7 @@ class Recommender:
         self.engine = ServingModel(
             stored.path,
             tag=str(stored.tag),
-            log_dir=_settings.work_dir / "serving_logs",
+            log_dir=_settings.serving_log_dir,
             work_dir=_settings.work_dir,
         )
         # Readiness then means every endpoint is fast: encoder loaded, known users precomputed.
