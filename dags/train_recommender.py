@@ -96,7 +96,7 @@ def train_recommender() -> None:
         from ml.training import build_dataset as run
         from ml.training import publish_skip_reason
 
-        skip = publish_skip_reason(str(get_current_context()["dag_run"].run_type))
+        skip = publish_skip_reason(get_current_context()["dag_run"].run_type)
         if skip:
             raise AirflowSkipException(skip)
         return run(_run_id())

@@ -117,16 +117,21 @@ def _evaluate_champion(data: Any, protocol: str, settings: Settings) -> dict[str
     }
 
 
-def publish_skip_reason(run_type: str, settings: Settings | None = None) -> str | None:
+def publish_skip_reason(run_type: Any, settings: Settings | None = None) -> str | None:
     """Why a run started by a marts Asset event should not train (None: it should).
 
     With ``retrain_on_publish = "until_champion"`` new marts train a model only while there is no
     champion; after that, retraining is what ``monitor_drift`` (or a person) asks for.
+
+    Args:
+        run_type: the run's type: a ``DagRunType`` (the Task SDK's enum has no ``__str__``, so
+            its ``value`` is compared) or its string value.
     """
     from ml import registry
 
     settings = settings or get_settings()
-    if run_type != "asset_triggered" or settings.retrain_on_publish == "always":
+    kind = getattr(run_type, "value", run_type)
+    if kind != "asset_triggered" or settings.retrain_on_publish == "always":
         return None
     tag = registry.champion(settings)
     if tag is None:

@@ -157,3 +157,22 @@ def test_alert_is_posted_to_the_webhook_and_a_dead_webhook_does_not_raise(settin
 def test_monitor_result_survives_its_xcom_round_trip() -> None:
     result = _result()
     assert MonitorResult.from_dict(json.loads(json.dumps(result.as_dict()))) == result
+
+
+def test_new_marts_retrain_only_until_there_is_a_champion(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    from ml import registry
+    from ml.training import publish_skip_reason
+
+    assert publish_skip_reason(DagRunType.ASSET_TRIGGERED, settings) is None  # no champion yet
+    monkeypatch.setattr(registry, "champion", lambda _settings: "shopflow_recommender:v1")
+    # The Task SDK's enum prints as 'DagRunType.ASSET_TRIGGERED': its value must be what counts.
+    reason = publish_skip_reason(DagRunType.ASSET_TRIGGERED, settings)
+    assert reason is not None and "shopflow_recommender:v1 is champion" in reason
+    assert publish_skip_reason("asset_triggered", settings) == reason
+    assert publish_skip_reason(DagRunType.MANUAL, settings) is None  # monitor or a person asked
+    always = settings.model_copy(update={"retrain_on_publish": "always"})
+    assert publish_skip_reason(DagRunType.ASSET_TRIGGERED, always) is None
