@@ -153,12 +153,22 @@ def demo(
         int, typer.Option(help="Users in the training slice (the whole catalog is always ranked).")
     ] = 4000,
     epochs: Annotated[int, typer.Option(help="Maximum training epochs (early stopping on NDCG@10).")] = 8,
-    full_data: Annotated[bool, typer.Option("--full-data", help="Train on every user (slower).")] = False,
+    full_data: Annotated[
+        bool,
+        typer.Option("--full-data", help="Train on every user and replay the whole later period (slower)."),
+    ] = False,
+    later_intervals: Annotated[
+        int | None,
+        typer.Option(help="Later-period intervals to replay and monitor (default: 4; all with --full-data)."),
+    ] = None,
+    traffic_users: Annotated[int, typer.Option(help="Shoppers per later interval sent to the Bento.")] = 300,
 ) -> None:
-    """The main job: replay the training period through Airflow's real scheduler (ingest → dbt → GX
-    → publish), let the published marts trigger training (train → evaluate → register → gate),
-    then summarise."""
-    from ml.demo import render_models, render_runs, run_demo
+    """The main job, the closed loop: replay the training period through Airflow's real scheduler
+    (ingest → dbt → GX → publish), let the published marts train the first champion (train →
+    evaluate → register → gate → Bento), serve it, then replay the later period interval by
+    interval with real shoppers' traffic; monitor_drift detects drift and triggers retraining, and
+    a promoted challenger's Bento takes over. Ends with a summary."""
+    from ml.demo import render_models, render_monitoring, render_runs, run_demo
     from ml.summary import render, warehouse_summary
 
     settings = get_settings()
@@ -168,13 +178,16 @@ def demo(
             "train_overrides": {"epochs": epochs, **settings.train_overrides},
         }
     )
-    result = run_demo(settings, echo=typer.echo)
+    intervals = later_intervals if later_intervals is not None else (None if full_data else 4)
+    result = run_demo(settings, echo=typer.echo, later_intervals=intervals, traffic_users=traffic_users)
     typer.echo("")
     typer.echo(render_runs(result))
     typer.echo("")
     typer.echo(render(warehouse_summary(settings)))
     typer.echo("")
     typer.echo(render_models(settings))
+    typer.echo("")
+    typer.echo(render_monitoring(result, settings))
 
 
 @app.command()
@@ -227,6 +240,42 @@ def train(
     else:
         typer.echo(f"{registered['tag']}: rejected — {decision['reason']}")
     typer.echo(f"report: {evaluation['report_dir']}")
+
+
+@app.command()
+def monitor(start: Day, end: Day) -> None:
+    """Monitor the champion for [START, END) in-process: load the new request-log lines as a batch
+    of its own (a later monitor_drift run judges only lines after them), compute data drift,
+    prediction drift and online quality (Evidently reports + workspace), and say what
+    monitor_drift would decide. Nothing is triggered and no decision is recorded."""
+    from datetime import UTC
+
+    from ml.monitoring import decide, last_retrain_at, monitor_interval
+    from ml.request_logs import RequestLogError, load_request_logs
+
+    settings = get_settings()
+    run_id = _run_id("monitor")
+    try:
+        loaded = load_request_logs(run_id, settings)
+    except RequestLogError as error:
+        _fail(error)
+    typer.echo(f"request log: {loaded.rows:,} new lines loaded as batch {run_id}")
+    result = monitor_interval(start.date(), end.date(), run_id, settings)
+    for check in (result.data, result.prediction):
+        if check is not None:
+            typer.echo(
+                f"{check.kind} drift: {check.share:.0%} of {len(check.columns)} columns "
+                f"({', '.join(check.drifted_columns) or 'none drifted'}); report {check.html}"
+            )
+    if result.online is not None:
+        typer.echo(
+            f"online hit rate: {_number(result.online.hit_rate)} over {result.online.judged} judged "
+            f"(offline recall@10 {_number(result.online.expected)}) {result.online.note}"
+        )
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    decision = decide(result.alarms(), settings, 0, last_retrain_at(settings), datetime.now(UTC))
+    typer.echo(f"decision monitor_drift would take: {decision.action} - {decision.reason}")
 
 
 models_app = typer.Typer(

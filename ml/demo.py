@@ -1,9 +1,18 @@
-"""The main job on the embedded default: real data through the real Airflow scheduler.
+"""The main job on the embedded default: the closed loop on real data, through Airflow's scheduler.
 
-``make demo`` calls :func:`run_demo`: land the training period of the shipped datasets, start
-Airflow (scheduler, DAG processor, API server on SQLite), load the history with one bootstrap run
-of ``ingest_transform_validate``, backfill the replay window interval by interval, and summarise
-what the warehouse now holds.
+``make demo`` calls :func:`run_demo`:
+
+1. land the training period of the shipped datasets; start Airflow (scheduler, DAG processor,
+   API server on SQLite; every DAG unpaused);
+2. load the history with one bootstrap run of ``ingest_transform_validate`` and backfill the
+   replay window interval by interval; the published marts schedule ``train_recommender``, whose
+   first champion is gated, built into a Bento, smoke-queried and promoted;
+3. serve that Bento (``bentoml serve``) and replay the later period interval by interval: land
+   and ingest the interval, send the Bento the traffic of the users who really shopped then
+   (``ml.traffic``), run ``monitor_drift`` for it; when monitoring triggers a
+   retraining, wait for it and, if a new champion was promoted, serve its Bento instead;
+4. summarise: runs per DAG, rows per table, models and gate decisions, drift per monitoring run,
+   the version serving now and where every report is.
 """
 
 from __future__ import annotations
@@ -17,18 +26,38 @@ from ml.settings import Settings, get_settings
 
 INGEST_DAG = "ingest_transform_validate"
 TRAIN_DAG = "train_recommender"
+MONITOR_DAG = "monitor_drift"
+DAGS = (INGEST_DAG, TRAIN_DAG, MONITOR_DAG)
 
 
 @dataclass
 class DemoResult:
     runs: list[dict[str, Any]] = field(default_factory=list)
     train_runs: list[dict[str, Any]] = field(default_factory=list)
+    monitor_runs: list[dict[str, Any]] = field(default_factory=list)
     asset_events: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    served: list[tuple[str, str]] = field(default_factory=list)
+    """(interval start, model version that answered its traffic)."""
+    serving_now: str | None = None
 
 
-def run_demo(settings: Settings | None = None, echo: Any = print) -> DemoResult:
-    """Run the data platform end to end through Airflow's scheduler and return what ran."""
+def run_demo(
+    settings: Settings | None = None,
+    echo: Any = print,
+    later_intervals: int | None = None,
+    traffic_users: int = 300,
+) -> DemoResult:
+    """Run the closed loop end to end through Airflow's scheduler and return what ran.
+
+    Args:
+        settings: ShopFlow settings (work dir, slices, thresholds).
+        echo: where progress lines go.
+        later_intervals: replay only this many intervals of the later period (None: all of it,
+            up to ``replay_later_end``).
+        traffic_users: shoppers per interval whose traffic is sent to the Bento.
+    """
     from ml.orchestration import LocalAirflow
     from ml.replay import replay
     from ml.transform import dbt_docs_generate
@@ -40,24 +69,26 @@ def run_demo(settings: Settings | None = None, echo: Any = print) -> DemoResult:
     train_end = date.fromisoformat(settings.replay_train_end)
 
     started = time.monotonic()
-    echo(f"1/5 Landing the training period (< {train_end}) as {settings.partition_grain}ly partitions …")
+    echo(f"1/6 Landing the training period (< {train_end}) as {settings.partition_grain}ly partitions …")
     files = replay(settings, end=train_end)
     echo(f"    {len(files)} landing files under {settings.landing_dir}")
     result.seconds["replay"] = time.monotonic() - started
 
-    echo("2/5 Starting Airflow (scheduler, DAG processor, API server; SQLite metadata) …")
+    echo("2/6 Starting Airflow (scheduler, DAG processor, API server; SQLite metadata) …")
     with LocalAirflow(settings) as airflow:
-        airflow.wait_for_dag(INGEST_DAG)
-        airflow.wait_for_dag(TRAIN_DAG)
+        for dag_id in DAGS:
+            airflow.wait_for_dag(dag_id)
         # The train DAG is scheduled on the marts Asset; a paused consumer drops Asset events,
-        # so it is unpaused first: every published ingest run then queues training.
+        # so it is unpaused first: every published ingest run then queues training. Unpausing
+        # the scheduled DAGs also runs their current (today's) interval once: no data, no-ops.
         airflow.unpause(TRAIN_DAG)
+        airflow.unpause(MONITOR_DAG)
         airflow.unpause(INGEST_DAG)
         result.seconds["airflow_start"] = time.monotonic() - started - result.seconds["replay"]
         echo(f"    API on {airflow.base_url}; logs in {airflow.log_dir}")
 
         mark = time.monotonic()
-        echo(f"3/5 Bootstrap run: history [{history_start}, {history_end}) …")
+        echo(f"3/6 Bootstrap run: history [{history_start}, {history_end}) …")
         run_id = airflow.trigger(
             INGEST_DAG,
             conf={"interval_start": history_start.isoformat(), "interval_end": history_end.isoformat()},
@@ -66,22 +97,146 @@ def run_demo(settings: Settings | None = None, echo: Any = print) -> DemoResult:
         result.seconds["bootstrap_run"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        echo(f"4/5 Backfill of the replay window [{history_end}, {train_end}), one run per interval …")
+        echo(f"4/6 Backfill of the replay window [{history_end}, {train_end}), one run per interval …")
         backfill = airflow.backfill(INGEST_DAG, history_end, train_end)
         airflow.wait_for_runs(INGEST_DAG, backfill_id=backfill["id"], timeout=1800)
         result.seconds["backfill_runs"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        echo("5/5 Training runs the marts Asset events triggered (train → evaluate → register → gate) …")
-        result.train_runs = _wait_for_triggered_runs(airflow, TRAIN_DAG)
+        echo("5/6 Training runs the marts Asset events triggered (train → evaluate → gate → Bento) …")
+        _wait_for_triggered_runs(airflow, TRAIN_DAG)
         result.seconds["train_runs_after_ingest"] = time.monotonic() - mark
 
+        mark = time.monotonic()
+        _closed_loop(airflow, settings, result, echo, train_end, later_intervals, traffic_users)
+        result.seconds["later_period_loop"] = time.monotonic() - mark
+
         result.runs = airflow.runs(INGEST_DAG)
+        result.train_runs = airflow.runs(TRAIN_DAG)
+        result.monitor_runs = airflow.runs(MONITOR_DAG)
         result.asset_events = len(airflow.asset_events("shopflow_marts", source_dag_id=INGEST_DAG))
 
     dbt_docs_generate(settings)
     result.seconds["total"] = time.monotonic() - started
     return result
+
+
+def later_intervals_of(settings: Settings, start: date, limit: int | None) -> list[tuple[date, date]]:
+    """The later period ``[replay_train_end, replay_later_end)`` cut into partition intervals."""
+    end = date.fromisoformat(settings.replay_later_end)
+    out: list[tuple[date, date]] = []
+    cursor = start
+    while cursor < end and (limit is None or len(out) < limit):
+        following = _next_partition(cursor, settings.partition_grain)
+        out.append((cursor, min(following, end)))
+        cursor = following
+    return out
+
+
+def _next_partition(day: date, grain: str) -> date:
+    from datetime import timedelta
+
+    if grain == "day":
+        return day + timedelta(days=1)
+    if grain == "week":
+        return day + timedelta(days=7)
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def _champion_bento(airflow: Any, settings: Settings) -> str:
+    """The Bento built around the champion (by its promotion's shopflow_bento event), else a new build."""
+    from ml import registry
+    from serving.smoke import build_bento
+
+    champion = registry.champion(settings)
+    for event in reversed(airflow.asset_events("shopflow_bento")):
+        extra = event.get("extra") or {}
+        if extra.get("champion") == champion and extra.get("bento"):
+            return str(extra["bento"])
+    return build_bento(champion, settings)
+
+
+def _closed_loop(
+    airflow: Any,
+    settings: Settings,
+    result: DemoResult,
+    echo: Any,
+    start: date,
+    limit: int | None,
+    traffic_users: int,
+) -> None:
+    """Serve the champion and replay the later period: traffic → ingest → monitor → (retrain)."""
+    from contextlib import ExitStack
+
+    from ml import registry
+    from ml.replay import replay
+    from ml.traffic import send_traffic
+    from serving.smoke import running_server
+
+    intervals = later_intervals_of(settings, start, limit)
+    if registry.champion(settings) is None:
+        echo("6/6 No champion was promoted: nothing to serve or monitor.")
+        return
+    echo(f"6/6 Serving the champion's Bento and replaying {len(intervals)} later interval(s) …")
+    with ExitStack() as stack:
+        bento = _champion_bento(airflow, settings)
+        server = stack.enter_context(running_server(bento, settings=settings))
+        serving = registry.champion(settings)
+        echo(f"    {bento} ({serving}) on {server.base_url}, ready in {server.ready_s:.0f} s")
+        for first, end in intervals:
+            replay(settings, start=first, end=end)
+            run_id = airflow.trigger(
+                INGEST_DAG, conf={"interval_start": first.isoformat(), "interval_end": end.isoformat()}
+            )
+            airflow.wait_for_runs(INGEST_DAG, run_ids=[run_id], timeout=1800)
+            # The interval's shoppers are known once it is ingested; the served model has not seen
+            # their new interactions (it trained before), so asking now is asking "before".
+            traffic = send_traffic(server.base_url, first, end, settings, max_users=traffic_users)
+            result.traffic.append(traffic.as_dict())
+            result.served += [(str(first), model) for model in sorted(traffic.models)]
+            monitor = airflow.trigger(
+                MONITOR_DAG, conf={"interval_start": first.isoformat(), "interval_end": end.isoformat()}
+            )
+            airflow.wait_for_runs(MONITOR_DAG, run_ids=[monitor], timeout=1800)
+            decision = _decision_of(settings, monitor)
+            echo(f"    [{first}, {end}) {traffic.users} shoppers → monitor: {decision}")
+            triggered = f"monitor__{monitor}"
+            if triggered not in {r["dag_run_id"] for r in airflow.runs(TRAIN_DAG)}:
+                continue
+            echo(f"    retraining {triggered} …")
+            airflow.wait_for_runs(TRAIN_DAG, run_ids=[triggered], timeout=3600)
+            now = registry.champion(settings)
+            if now == serving:
+                echo(f"    the challenger was not promoted: {serving} keeps serving")
+                continue
+            stack.close()
+            bento = _champion_bento(airflow, settings)
+            server = stack.enter_context(running_server(bento, settings=settings))
+            serving = now
+            echo(f"    new champion {now}: serving {bento} on {server.base_url}")
+        result.serving_now = _ask_version(server.base_url, settings)
+
+
+def _decision_of(settings: Settings, run_id: str) -> str:
+    from ml.monitoring import monitoring_runs
+
+    runs = monitoring_runs(settings)
+    row = runs[runs["run_id"] == run_id]
+    if row.empty:
+        return "no decision recorded"
+    return f"{row.iloc[-1]['action']}: {row.iloc[-1]['reason']}"
+
+
+def _ask_version(base_url: str, settings: Settings) -> str | None:
+    """The model version that answers a request now (what the live Bento serves)."""
+    import httpx
+
+    from serving.smoke import auth_headers
+
+    answer = httpx.post(
+        f"{base_url}/search", json={"query": "shampoo", "k": 1}, headers=auth_headers(settings), timeout=30
+    )
+    return str(answer.json()["model_version"]) if answer.status_code == 200 else None
 
 
 def _wait_for_triggered_runs(airflow: Any, dag_id: str, settle: float = 20.0) -> list[dict[str, Any]]:
@@ -126,16 +281,74 @@ def render_models(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def _interval_of(run: dict[str, Any]) -> str:
+    conf = run.get("conf") or {}
+    if conf.get("interval_start"):
+        return f"[{conf['interval_start']}, {conf['interval_end']})"
+    start, end = run.get("data_interval_start") or "", run.get("data_interval_end") or ""
+    return f"[{start[:10]}, {end[:10]})" if start else ""
+
+
 def render_runs(result: DemoResult) -> str:
-    lines = ["Airflow runs of ingest_transform_validate", "-----------------------------------------"]
-    for run in result.runs:
-        start, end = run.get("data_interval_start") or "", run.get("data_interval_end") or ""
-        interval = f"[{start[:10]}, {end[:10]})" if start else "(conf interval)"
-        lines.append(f"  {run['dag_run_id']:<58} {run.get('run_type', ''):<9} {interval:<26} {run['state']}")
-    lines.append(f"  marts Asset events emitted: {result.asset_events}")
-    lines.append("Airflow runs of train_recommender (triggered by those events)")
-    for run in result.train_runs:
-        lines.append(f"  {run['dag_run_id']:<58} {run.get('run_type', ''):<9} {run['state']}")
+    """Runs per DAG with their states, and the demo's wall time by phase."""
+    lines = ["Airflow runs per DAG", "--------------------"]
+    for dag_id, runs in (
+        (INGEST_DAG, result.runs),
+        (TRAIN_DAG, result.train_runs),
+        (MONITOR_DAG, result.monitor_runs),
+    ):
+        states: dict[str, int] = {}
+        for run in runs:
+            states[run["state"]] = states.get(run["state"], 0) + 1
+        lines.append(
+            f"{dag_id}: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"
+        )
+        for run in runs:
+            lines.append(
+                f"  {run['dag_run_id']:<58} {run.get('run_type', ''):<15} "
+                f"{_interval_of(run):<26} {run['state']}"
+            )
+    lines.append(f"marts Asset events emitted: {result.asset_events}")
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
-    lines.append(f"  wall time: {timing}")
+    lines.append(f"wall time: {timing}")
+    return "\n".join(lines)
+
+
+def render_monitoring(result: DemoResult, settings: Settings) -> str:
+    """Drift per monitoring run, the decision taken, what served each interval, and the reports."""
+    from ml.monitoring import monitoring_runs
+
+    lines = ["Monitoring (monitor_drift) per interval", "---------------------------------------"]
+    runs = monitoring_runs(settings)
+    lines.append(
+        f"  {'interval':<26} {'model':<38} {'data drift':>10} {'pred drift':>10} {'hit rate':>9}  action"
+    )
+
+    def pct(value: Any) -> str:
+        return "-" if value is None or value != value else f"{float(value):.0%}"
+
+    for row in runs.itertuples(index=False):
+        hit = (
+            "-"
+            if row.online_hit_rate is None or row.online_hit_rate != row.online_hit_rate
+            else f"{row.online_hit_rate:.3f}"
+        )
+        lines.append(
+            f"  [{row.interval_start}, {row.interval_end})   {row.model_version!s:<38} "
+            f"{pct(row.data_drift_share):>10} {pct(row.prediction_drift_share):>10} {hit:>9}  {row.action}"
+        )
+        if row.action != "none":
+            lines.append(f"      {row.reason}")
+    for traffic in result.traffic:
+        lines.append(
+            f"  traffic {traffic['interval'][0]}: {traffic['users']} shoppers, {traffic['requests']}, "
+            f"{traffic['errors']} errors, answered by {', '.join(traffic['models'])}"
+        )
+    lines.append(f"  serving now: {result.serving_now or '(not serving)'}")
+    lines.append(f"  monitoring reports: {settings.reports_dir / 'monitoring'}/<run id>/ (HTML + JSON)")
+    lines.append(
+        f"  Evidently workspace: {settings.evidently_dir} "
+        f"(browse: evidently ui --workspace {settings.evidently_dir})"
+    )
+    lines.append(f"  training run reports: {settings.work_dir / 'runs'}/<run id>/report/")
     return "\n".join(lines)
