@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     duckdb_path: Path | None = Field(
         None, description="DuckDB warehouse file; defaults to <work_dir>/warehouse.duckdb."
     )
+    duckdb_lock_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a process waits for another one's use of the DuckDB file (one "
+        "process at a time) before failing; an ingest run's dbt build holds it for minutes.",
+    )
     postgres_dsn: str = Field(
         "postgresql://postgres@127.0.0.1:5432/shopflow",
         description="PostgreSQL warehouse (production). The database is created if missing.",

@@ -191,8 +191,13 @@ def _invoke(command: list[str], options: list[str], *, run_id: str, settings: Se
         # No machine here reaches the internet; don't let dbt try.
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     }
+    from contextlib import nullcontext
+
+    from ml.warehouse import duckdb_lock
+
     started = time.perf_counter()
-    with _environment(env):
+    # dbt opens the DuckDB file itself: it waits for the warehouse lock like every other opener.
+    with duckdb_lock(settings) if settings.warehouse == "duckdb" else nullcontext(), _environment(env):
         try:
             outcome = dbtRunner().invoke(full_args)
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +29,56 @@ OWN_TABLES: dict[str, list[schemas.Column]] = {
 }
 
 
+_lock_guard = threading.RLock()
+_lock_depth = 0
+_lock_file: Any = None
+
+
+@contextmanager
+def duckdb_lock(settings: Settings) -> Iterator[None]:
+    """Hold the warehouse file's lock: one ShopFlow process at a time opens the DuckDB file.
+
+    DuckDB lets one process open a file for writing; a second one fails at once ("Could not set
+    lock on file"). Airflow runs an ingest task and a training or monitoring task at the same time,
+    so every opener (:meth:`Warehouse.connect`, dbt) waits here on an ``flock`` of
+    ``<file>.lock`` instead, up to ``duckdb_lock_timeout_s``. Re-entrant within a process.
+    PostgreSQL needs none of this.
+    """
+    global _lock_depth, _lock_file
+    import fcntl
+    import time
+
+    with _lock_guard:
+        if _lock_depth == 0:
+            path = settings.duckdb_file.with_name(settings.duckdb_file.name + ".lock")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = path.open("a")
+            deadline = time.monotonic() + settings.duckdb_lock_timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        handle.close()
+                        raise TimeoutError(
+                            f"the warehouse {settings.duckdb_file} stayed locked by another process "
+                            f"for {settings.duckdb_lock_timeout_s:.0f} s (lock file {path})"
+                        ) from None
+                    time.sleep(0.5)
+            _lock_file = handle
+        _lock_depth += 1
+    try:
+        yield
+    finally:
+        with _lock_guard:
+            _lock_depth -= 1
+            if _lock_depth == 0 and _lock_file is not None:
+                fcntl.flock(_lock_file, fcntl.LOCK_UN)
+                _lock_file.close()
+                _lock_file = None
+
+
 class Warehouse:
     """Connections to the configured warehouse."""
 
@@ -44,16 +95,17 @@ class Warehouse:
 
             path = self.settings.duckdb_file
             path.parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(str(path))
-            try:
-                con.execute("BEGIN TRANSACTION")
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.close()
+            with duckdb_lock(self.settings):
+                con = duckdb.connect(str(path))
+                try:
+                    con.execute("BEGIN TRANSACTION")
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                finally:
+                    con.close()
         else:
             import psycopg2
 
