@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,11 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+@contextmanager
+def throwaway_pg_database(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database (its DSN), dropped afterwards with every connection to it."""
     psycopg2 = pytest.importorskip("psycopg2")
-    name = f"shopflow_test_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = psycopg2.connect(f"{PG_SERVER}/postgres")
     admin.autocommit = True
     with admin.cursor() as cur:
@@ -41,6 +42,20 @@ def pg_database() -> Iterator[str]:
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
             cur.execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    with throwaway_pg_database("shopflow_test") as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def airflow_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for Airflow's metadata, dropped afterwards (its plain DSN)."""
+    with throwaway_pg_database("shopflow_airflow") as dsn:
+        yield dsn
 
 
 @pytest.fixture

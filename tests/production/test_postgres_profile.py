@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -22,24 +20,6 @@ DAG_ID = "ingest_transform_validate"
 START, END = date(2011, 11, 1), date(2011, 11, 3)
 
 
-@pytest.fixture
-def airflow_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for Airflow's metadata, dropped afterwards (its plain DSN)."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"shopflow_airflow_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(f"{PG_SERVER}/postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
-
-
 def _fetch(dsn: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     import psycopg2
 
@@ -51,7 +31,6 @@ def _fetch(dsn: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[ob
 
 
 @pytest.mark.postgres
-@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_one_run_on_postgres_warehouse_and_metadata(
     tmp_path: Path, pg_database: str, airflow_database: str

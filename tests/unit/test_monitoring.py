@@ -6,7 +6,7 @@ import json
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -120,11 +120,12 @@ def test_prediction_features_describe_what_was_shown() -> None:
 
 
 def _result() -> MonitorResult:
-    return MonitorResult("run-1", "2014-01-01", "2014-02-01", "shopflow_recommender:v1", None, None, None, "/r")
+    version = "shopflow_recommender:v1"
+    return MonitorResult("run-1", "2014-01-01", "2014-02-01", version, None, None, None, "/r")
 
 
 class _Hook(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
