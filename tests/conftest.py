@@ -52,6 +52,13 @@ def pg_database() -> Iterator[str]:
 
 
 @pytest.fixture
+def own_pg_database() -> Iterator[str]:
+    """A PostgreSQL warehouse database for one test alone (the session one collects other tests' rows)."""
+    with throwaway_pg_database("shopflow_own") as dsn:
+        yield dsn
+
+
+@pytest.fixture
 def airflow_database() -> Iterator[str]:
     """A fresh PostgreSQL database for Airflow's metadata, dropped afterwards (its plain DSN)."""
     with throwaway_pg_database("shopflow_airflow") as dsn:

@@ -115,12 +115,20 @@ def register_champion(settings: Settings, overrides: dict[str, Any]) -> str:
 
 def serve_month(settings: Settings, tag: str, users: list[str]) -> None:
     """The champion answers these users' requests; the request log is what monitoring loads."""
+    import torch
+
     from ml import registry
     from serving.logic import ServingModel
 
-    engine = ServingModel(registry.get(tag, settings).path, tag, settings.serving_log_dir, settings.work_dir)
-    for user in users:
-        engine.recommend(user, None, 10)
+    # A serving process turns autograd off for good; this is the test process: restore it after.
+    grad = torch.is_grad_enabled()
+    try:
+        version_dir = registry.get(tag, settings).path
+        engine = ServingModel(version_dir, tag, settings.serving_log_dir, settings.work_dir)
+        for user in users:
+            engine.recommend(user, None, 10)
+    finally:
+        torch.set_grad_enabled(grad)
 
 
 def inject_catalog_drift(settings: Settings) -> None:

@@ -33,7 +33,7 @@ def _fetch(dsn: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[ob
 @pytest.mark.postgres
 @pytest.mark.timeout(1200)
 def test_one_run_on_postgres_warehouse_and_metadata(
-    tmp_path: Path, pg_database: str, airflow_database: str
+    tmp_path: Path, own_pg_database: str, airflow_database: str
 ) -> None:
     from ml.orchestration import LocalAirflow
     from ml.replay import replay
@@ -44,7 +44,7 @@ def test_one_run_on_postgres_warehouse_and_metadata(
         work_dir=tmp_path / "work",
         data_dir=PROJECT_DIR / "data",
         warehouse="postgres",
-        postgres_dsn=pg_database,
+        postgres_dsn=own_pg_database,
         airflow_database_url=metadata_url,
         airflow_executor="LocalExecutor",
         partition_grain="day",
