@@ -31,10 +31,10 @@ ENGINES = ("duckdb", "postgres")
 
 def run_child(engine: str, work_dir: Path, dsn: str) -> dict[str, object]:
     """One engine, in this process: replay → ingest → validate_raw → dbt build → validate_marts."""
+    from ml.core.settings import Settings
     from ml.ingest import ingest_interval
     from ml.quality import validate_marts, validate_raw
     from ml.replay import replay
-    from ml.settings import Settings
     from ml.transform import dbt_build
 
     settings = Settings(

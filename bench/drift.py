@@ -54,8 +54,8 @@ def features() -> tuple[Any, Any]:
 
 def run_variant(variant: str) -> dict[str, Any]:
     """One measured run (in this process): load + features, then the Evidently drift report."""
+    from ml.core.settings import Settings
     from ml.monitoring import drift_report
-    from ml.settings import Settings
 
     started = time.perf_counter()
     current, reference = features()

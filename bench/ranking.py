@@ -81,9 +81,9 @@ def main() -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from ml.baselines import Popularity, train_sasrec, tune_item_knn
+    from ml.core.settings import get_settings
     from ml.datasets import from_frames, shipped_frames
     from ml.evaluate import evaluate
-    from ml.settings import get_settings
     from ml.train import TrainConfig, train
 
     settings = get_settings()

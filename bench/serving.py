@@ -69,7 +69,7 @@ def machine() -> dict[str, Any]:
 def ensure_model(users: int) -> tuple[Any, str, Path, str]:
     """(settings of the store, tag, version folder, where it came from) of the model to serve."""
     from ml import registry
-    from ml.settings import Settings, get_settings
+    from ml.core.settings import Settings, get_settings
     from serving.smoke import register_sample_champion
 
     settings = get_settings()
@@ -210,7 +210,7 @@ def main() -> int:
     parser.add_argument("--no-check", action="store_true", help="exit 0 even if a goal is missed")
     args = parser.parse_args()
 
-    from ml.settings import get_settings
+    from ml.core.settings import get_settings
     from serving.loadtest import payloads_for, run_cell
     from serving.smoke import auth_headers, running_server
 

@@ -152,9 +152,9 @@ def main() -> int:
 
     import torch
 
+    from ml.core.settings import get_settings
     from ml.datasets import from_frames, shipped_frames
     from ml.model import TextEncoder
-    from ml.settings import get_settings
     from ml.train import item_embeddings
 
     settings = get_settings()

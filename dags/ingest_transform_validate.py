@@ -41,8 +41,9 @@ from typing import Any
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from ml.orchestration import grain_cron, jsonable, publish_summary, resolve_interval, utc_midnight
-from ml.settings import get_settings
+from ml.core.calendar import grain_cron
+from ml.core.settings import get_settings
+from ml.orchestration import jsonable, publish_summary, resolve_interval, utc_midnight
 from shopflow_assets import MARTS
 
 DAG_ID = "ingest_transform_validate"

@@ -36,8 +36,9 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from ml.orchestration import grain_cron, jsonable, resolve_interval, utc_midnight
-from ml.settings import get_settings
+from ml.core.calendar import grain_cron
+from ml.core.settings import get_settings
+from ml.orchestration import jsonable, resolve_interval, utc_midnight
 
 DAG_ID = "monitor_drift"
 TRAIN_DAG = "train_recommender"

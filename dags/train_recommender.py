@@ -32,8 +32,8 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
+from ml.core.settings import get_settings
 from ml.orchestration import jsonable, utc_midnight
-from ml.settings import get_settings
 from shopflow_assets import BENTO, MARTS, MODEL
 
 DAG_ID = "train_recommender"

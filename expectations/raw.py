@@ -30,7 +30,7 @@ import pandas as pd
 from great_expectations.expectations.row_conditions import Column
 
 from expectations._rules import rule
-from ml import schemas
+from ml.core import schemas
 
 INTERVAL_START = "interval_start"
 INTERVAL_END = "interval_end"

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from ml.settings import get_settings
+from ml.core.settings import get_settings
 
 app = typer.Typer(
     help="ShopFlow: LLM-powered e-commerce recommendation, from landing files to served models.",

@@ -26,7 +26,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ml.settings import Settings
+from ml.core.catalog import item_texts
+from ml.core.settings import Settings
 
 Protocol = Literal["loo", "time"]
 Split = Literal["validation", "test"]
@@ -34,8 +35,6 @@ Split = Literal["validation", "test"]
 PAD = 0
 PAD_ID = "<pad>"
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
-# Upper bounds of the price bands; the same as dbt var price_bands (dim_items.price_bucket).
-PRICE_BANDS = (5, 10, 25, 50, 100)
 EXAMPLE_COLUMNS = ("user_id", "item_id", "position", "loo_split", "time_split")
 ITEM_COLUMNS = ("item_id", "item_text")
 
@@ -169,64 +168,6 @@ class TrainingData:
         )
 
 
-# -- item text ---------------------------------------------------------------------------------
-def price_bucket(price: float | None) -> str:
-    """The price band of dim_items.price_bucket (closed lower, open upper bound)."""
-    if price is None or pd.isna(price):
-        return "unknown"
-    lower: int | None = None
-    for upper in PRICE_BANDS:
-        if price < upper:
-            return f"under {upper}" if lower is None else f"{lower}-{upper}"
-        lower = upper
-    return f"{PRICE_BANDS[-1]}+"
-
-
-def item_text(
-    item_id: str,
-    title: str | None = None,
-    brand: str | None = None,
-    categories: str | None = None,
-    price: float | None = None,
-    description: str | None = None,
-) -> str:
-    """The encoder's text for an item, assembled exactly as dim_items.item_text."""
-
-    def present(value: object) -> bool:
-        return value is not None and not (isinstance(value, float) and pd.isna(value))
-
-    band = f"price: {price_bucket(price)}" if present(price) else None
-    if not any(present(v) for v in (title, brand, categories, description)):
-        return " | ".join(p for p in (f"item {item_id}", band) if p)
-    parts = [
-        title if present(title) else None,
-        f"brand: {brand}" if present(brand) else None,
-        f"category: {categories}" if present(categories) else None,
-        band,
-        str(description)[:500] if present(description) else None,
-    ]
-    return " | ".join(str(p) for p in parts if p is not None)
-
-
-def _with_item_text(items: pd.DataFrame) -> pd.Series:
-    if "item_text" in items.columns:
-        return items["item_text"].astype(str)
-    return pd.Series(
-        [
-            item_text(
-                str(row.item_id),
-                getattr(row, "title", None),
-                getattr(row, "brand", None),
-                getattr(row, "categories", None),
-                getattr(row, "price", None),
-                getattr(row, "description", None),
-            )
-            for row in items.itertuples(index=False)
-        ],
-        index=items.index,
-    )
-
-
 # -- splits ------------------------------------------------------------------------------------
 def loo_labels(position: pd.Series, n_user_events: pd.Series) -> pd.Series:
     """fct_training_examples.loo_split: last event test, the one before validation (>= 3 events)."""
@@ -312,7 +253,7 @@ def from_frames(examples: pd.DataFrame, items: pd.DataFrame, source: str | None 
 
     catalog = items.drop_duplicates("item_id", keep="last").copy()
     catalog["item_id"] = catalog["item_id"].astype(str)
-    catalog["item_text"] = _with_item_text(catalog)
+    catalog["item_text"] = item_texts(catalog)
     text_of = dict(zip(catalog["item_id"], catalog["item_text"], strict=True))
     # Interactions with an item missing from the catalog still resolve (as dim_items does).
     for item in ex["item_id"].unique():
@@ -354,7 +295,7 @@ def read_training_frames(
 
     ``marts.fct_training_examples`` gives the examples, ``marts.dim_items`` the items.
     """
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
@@ -386,7 +327,7 @@ def shipped_frames(
     Histories are ordered by (timestamp, seq_pos): the order of the published S3-Rec split, so
     the leave-one-out targets are the ones the published tables were measured on.
     """
-    from ml.ingest import normalize_categories
+    from ml.core.catalog import normalize_categories
 
     folder = Path(data_dir) / dataset
     raw = pd.read_parquet(
@@ -409,5 +350,5 @@ def shipped_frames(
         folder / "items.parquet", columns=["item_id", "title", "categories", "brand", "price"]
     )
     items["categories"] = normalize_categories(items["categories"])
-    items["item_text"] = _with_item_text(items)
+    items["item_text"] = item_texts(items)
     return examples, items

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from ml.settings import Settings, get_settings
+from ml.core.calendar import partitions_between
+from ml.core.settings import Settings, get_settings
 
 INGEST_DAG = "ingest_transform_validate"
 TRAIN_DAG = "train_recommender"
@@ -121,28 +122,6 @@ def run_demo(
     return result
 
 
-def later_intervals_of(settings: Settings, start: date, limit: int | None) -> list[tuple[date, date]]:
-    """The later period ``[replay_train_end, replay_later_end)`` cut into partition intervals."""
-    end = date.fromisoformat(settings.replay_later_end)
-    out: list[tuple[date, date]] = []
-    cursor = start
-    while cursor < end and (limit is None or len(out) < limit):
-        following = _next_partition(cursor, settings.partition_grain)
-        out.append((cursor, min(following, end)))
-        cursor = following
-    return out
-
-
-def _next_partition(day: date, grain: str) -> date:
-    from datetime import timedelta
-
-    if grain == "day":
-        return day + timedelta(days=1)
-    if grain == "week":
-        return day + timedelta(days=7)
-    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
-
-
 def _champion_bento(airflow: Any, settings: Settings) -> str:
     """The Bento built around the champion (by its promotion's shopflow_bento event), else a new build."""
     from ml import registry
@@ -173,7 +152,9 @@ def _closed_loop(
     from ml.traffic import send_traffic
     from serving.smoke import running_server
 
-    intervals = later_intervals_of(settings, start, limit)
+    intervals = partitions_between(
+        start, date.fromisoformat(settings.replay_later_end), settings.partition_grain, limit
+    )
     if registry.champion(settings) is None:
         echo("6/6 No champion was promoted: nothing to serve or monitor.")
         return

@@ -7,7 +7,6 @@ Rerunning an interval therefore changes nothing, and a bad file writes nothing a
 
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -17,9 +16,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ml import pii, schemas
-from ml.settings import Settings, get_settings
-from ml.warehouse import Warehouse
+from ml.core import pii, schemas
+from ml.core.catalog import normalize_categories
+from ml.core.settings import Settings, get_settings
+from ml.core.warehouse import Warehouse
 
 LANDING_SUFFIXES = (".parquet", ".csv")
 PARTITION_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})$")
@@ -143,27 +143,6 @@ def _convert(path: Path, column: schemas.Column, values: pd.Series) -> pd.Series
             stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
         return stamps.astype("datetime64[us]")
     raise AssertionError(f"unhandled contract type {column.type}")
-
-
-def normalize_categories(values: pd.Series) -> pd.Series:
-    """Category paths as 'A > B > C', from a quoted list ("'A', 'B'"), 'A|B' or 'A > B'."""
-
-    def one(value: object) -> object:
-        if value is None or (isinstance(value, float) and pd.isna(value)):
-            return None
-        text = str(value).strip()
-        parts: list[str]
-        if text[:1] in {"'", '"', "["}:
-            try:
-                parsed = ast.literal_eval(text if text.startswith("[") else f"[{text}]")
-                parts = [str(p) for p in parsed]
-            except (ValueError, SyntaxError):
-                parts = [text]
-        else:
-            parts = re.split(r"\s*[|>]\s*", text)
-        return " > ".join(p.strip() for p in parts if p.strip()) or None
-
-    return values.map(one).astype("object")
 
 
 def read_landing_file(path: Path, contract: schemas.Contract) -> pd.DataFrame:

@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml.settings import Settings, get_settings
+from ml.core.artifacts import REFERENCE_FILE, safe_run_id
+from ml.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FILE = "monitoring_reference.parquet"
 
 DATA_NUMERICAL = [
     "price",
@@ -68,7 +68,7 @@ def read_interactions(
     ``item_first_ts`` / ``user_first_ts`` are the first interaction of the item / user in the whole
     warehouse (not only the window), so ages and tenures mean the same on both sides of a test.
     """
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     source = source or settings.train_source
     lower = "and i.event_ts >= :start " if start is not None else ""
@@ -107,7 +107,7 @@ def _events_in_last_30_days(
     Counted over a trailing window that reaches before ``start``, so the figure does not depend on
     how long the monitored window is.
     """
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     if frame.empty:
         return pd.Series(dtype=float)
@@ -168,7 +168,7 @@ def write_reference(package: Path, settings: Settings, until: datetime | None = 
     training source up to ``until`` (default: the latest interaction), sampled to
     ``drift_sample_rows``. Returns the file, or None when the warehouse has no interactions.
     """
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     if not Warehouse(settings).table_exists("marts.fct_interactions"):
         return None  # marts not built by dbt (a hand-made training slice): nothing to refer to
@@ -342,7 +342,7 @@ def online_quality(
             way the service logs them to match.
         expected: the champion's offline recall@10 (the alarm compares against a share of it).
     """
-    from serving.logic import user_hash
+    from ml.core.pii import user_hash
 
     served = requests[requests["user_hash"].notna()] if not requests.empty else requests
     if served.empty or outcomes.empty:
@@ -447,7 +447,7 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
     from ml import request_logs
 
     settings = settings or get_settings()
-    folder = settings.reports_dir / "monitoring" / _safe(run_id)
+    folder = settings.reports_dir / "monitoring" / safe_run_id(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     version = _champion(settings)
     result = MonitorResult(
@@ -514,19 +514,13 @@ def _at(day: date) -> datetime:
 
 
 def _catalog_categories(settings: Settings) -> pd.DataFrame:
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     return Warehouse(settings).read(
         "select item_id, coalesce(category_leaf, category_top) as category from marts.dim_items "
         "where source = :source",
         {"source": settings.train_source},
     )
-
-
-def _safe(run_id: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
 
 
 def _write_summary(result: MonitorResult, folder: Path) -> None:
@@ -608,7 +602,7 @@ def decide(
 
 def last_retrain_at(settings: Settings) -> datetime | None:
     """When monitoring last decided to retrain (from ``monitoring.runs``)."""
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings)
     if not warehouse.table_exists("monitoring.runs"):
@@ -621,7 +615,7 @@ def last_retrain_at(settings: Settings) -> datetime | None:
 
 def record_run(result: MonitorResult, decision: Decision, settings: Settings, now: datetime) -> None:
     """Replace this run's row in ``monitoring.runs`` (a rerun overwrites it)."""
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings)
     row = {
@@ -649,7 +643,7 @@ def record_run(result: MonitorResult, decision: Decision, settings: Settings, no
 
 def monitoring_runs(settings: Settings | None = None) -> pd.DataFrame:
     """Every recorded monitoring run, in decision order."""
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings or get_settings())
     if not warehouse.table_exists("monitoring.runs"):

@@ -2,7 +2,7 @@
 
 Two halves with different weights:
 
-* Light helpers the DAG files import at parse time (standard library + ``ml.settings`` only, since
+* Light helpers the DAG files import at parse time (standard library + ``ml.core.settings`` only, since
   the DAG processor imports every DAG file again and again): the cron expression for the partition
   grain, the data interval of a run, and turning stage results into XCom-safe JSON.
 * ``LocalAirflow``: Airflow 3's real scheduler, DAG processor and API server on SQLite, each
@@ -29,24 +29,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ml.settings import Settings, get_settings
-
-# One Airflow run per landing partition, so the cron ticks fall on the partitions' first days.
-# Weekly partitions start on Monday (ml.replay), unlike Airflow's "@weekly" (Sunday).
-GRAIN_CRON: dict[str, str] = {"day": "0 0 * * *", "week": "0 0 * * 1", "month": "0 0 1 * *"}
+from ml.core.settings import Settings, get_settings
 
 ACTIVE_RUN_STATES = frozenset({"queued", "running"})
 FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
 COMPONENTS = ("scheduler", "dag-processor", "api-server")
-
-
-# -- helpers for DAG files ------------------------------------------------------------------------
-def grain_cron(grain: str) -> str:
-    """The cron expression whose data intervals are exactly the landing partitions of ``grain``."""
-    try:
-        return GRAIN_CRON[grain]
-    except KeyError:
-        raise ValueError(f"unknown partition grain {grain!r}: use one of {sorted(GRAIN_CRON)}") from None
 
 
 def utc_midnight(day: str | date) -> datetime:

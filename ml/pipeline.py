@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from ml.settings import Settings, get_settings
+from ml.core.settings import Settings, get_settings
 
 
 @dataclass

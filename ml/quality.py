@@ -23,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -34,9 +34,10 @@ import pandas as pd
 from expectations import marts as marts_rules
 from expectations import raw as raw_rules
 from expectations._rules import columns_used, rule_name, rule_reason
-from ml import schemas
-from ml.settings import Settings, get_settings
-from ml.warehouse import Warehouse
+from ml.core import schemas
+from ml.core.calendar import partition_end
+from ml.core.settings import Settings, get_settings
+from ml.core.warehouse import Warehouse
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -642,18 +643,6 @@ def check_quarantine_gate(result: RawValidation, settings: Settings | None = Non
             )
     if problems:
         raise QualityGateError("Quarantine gate failed: " + "; ".join(problems), result)
-
-
-# -- marts: the publish gate ---------------------------------------------------------------------
-def partition_end(first_day: date, grain: str) -> date:
-    """The exclusive end of the partition that starts on ``first_day``."""
-    if grain == "day":
-        return first_day + timedelta(days=1)
-    if grain == "week":
-        return first_day + timedelta(days=7)
-    if grain == "month":
-        return (pd.Timestamp(first_day) + pd.offsets.MonthBegin(1)).date()
-    raise ValueError(f"unknown partition grain {grain!r}")
 
 
 def latest_partition_ends(warehouse: Warehouse, grain: str) -> dict[str, datetime]:

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ml.settings import Settings, get_settings
+from ml.core.artifacts import METADATA_FILE
+from ml.core.settings import Settings, get_settings
 
 MODEL_NAME = "shopflow_recommender"
-METADATA_FILE = "shopflow_metadata.json"
 
 
 class RegistryError(RuntimeError):

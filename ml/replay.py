@@ -1,6 +1,6 @@
 """Replay the shipped real datasets as a shop's exports would land: one file per time partition.
 
-Each shipped dataset is mapped onto its landing contract (ml.schemas) and cut by the configured
+Each shipped dataset is mapped onto its landing contract (ml.core.schemas) and cut by the configured
 grain into ``<landing_dir>/<source>/<table>/<YYYY-MM-DD>.parquet``, the date being the partition's
 first day. Items land in the partition in which they were first interacted with, as a catalogue
 export of new products would. Writing is atomic per file (temp file + rename), so a crashed replay
@@ -17,21 +17,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ml.settings import Settings, get_settings
-
-Grain = str  # "day" | "week" | "month"
-
-
-def partition_start(timestamps: pd.Series, grain: Grain) -> pd.Series:
-    """First day of the partition each timestamp falls in (weeks start on Monday)."""
-    days = timestamps.dt.normalize()
-    if grain == "day":
-        return days
-    if grain == "week":
-        return days - pd.to_timedelta(days.dt.weekday, unit="D")
-    if grain == "month":
-        return days.dt.to_period("M").dt.to_timestamp()
-    raise ValueError(f"unknown partition grain {grain!r}: use day, week or month")
+from ml.core.calendar import Grain, partition_start
+from ml.core.settings import Settings, get_settings
 
 
 def _beauty(data_dir: Path) -> dict[str, tuple[pd.DataFrame, str]]:

@@ -22,8 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from ml.settings import Settings, get_settings
-from ml.warehouse import Warehouse
+from ml.core.settings import Settings, get_settings
+from ml.core.warehouse import Warehouse
 
 TABLE = "monitoring.requests"
 FILE_GLOB = "requests-*.jsonl"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml.settings import Settings, get_settings
-from ml.warehouse import Warehouse
+from ml.core.settings import Settings, get_settings
+from ml.core.warehouse import Warehouse
 
 SCHEMAS = ("raw", "staging", "intermediate", "marts", "quarantine", "monitoring")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from ml.settings import Settings, get_settings
+from ml.core.settings import Settings, get_settings
 
 
 @dataclass
@@ -42,7 +42,7 @@ def interval_shoppers(
     start: date, end: date, settings: Settings, max_users: int, seed: int = 0
 ) -> dict[str, list[str]]:
     """A seeded sample of the users active in ``[start, end)`` → titles of the items they touched."""
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     frame = Warehouse(settings).read(
         "select i.user_id, coalesce(d.title, '') as title from marts.fct_interactions i "

@@ -15,21 +15,13 @@ rebuilds the marts meanwhile. Each stage returns a small JSON-able dict (Airflow
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ml.settings import Settings, get_settings
-
-DATASET, TRAIN, REPORT = "dataset", "train", "report"
-
-
-def run_dir(run_id: str, settings: Settings | None = None) -> Path:
-    """The run's folder (run ids of Airflow contain ':' and '+', kept out of paths)."""
-    settings = settings or get_settings()
-    return settings.work_dir / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+from ml.core.artifacts import DATASET, REPORT, TRAIN, run_dir
+from ml.core.settings import PROJECT_DIR, Settings, get_settings
 
 
 def git_sha() -> str | None:
@@ -41,7 +33,7 @@ def git_sha() -> str | None:
             text=True,
             check=True,
             timeout=10,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=PROJECT_DIR,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -244,8 +236,8 @@ def register_challenger(
     shutil.copytree(folder / REPORT, package / "report")
     import pandas as pd
 
+    from ml.core.artifacts import write_histories
     from ml.monitoring import write_reference
-    from serving.logic import write_histories
 
     examples = pd.read_parquet(folder / DATASET / "examples.parquet")
     # The served Bento looks users up by the histories the model was trained on.

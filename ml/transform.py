@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.settings import Settings, get_settings
+from ml.core.artifacts import safe_run_id
+from ml.core.settings import Settings, get_settings
 
 # Statuses of a run result that make a build fail ("runtime error" is how older dbt spelled error).
 FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
@@ -193,7 +194,7 @@ def _invoke(command: list[str], options: list[str], *, run_id: str, settings: Se
     }
     from contextlib import nullcontext
 
-    from ml.warehouse import duckdb_lock
+    from ml.core.warehouse import duckdb_lock
 
     started = time.perf_counter()
     # dbt opens the DuckDB file itself: it waits for the warehouse lock like every other opener.
@@ -244,7 +245,7 @@ def _invoke(command: list[str], options: list[str], *, run_id: str, settings: Se
     run_results = target_path / "run_results.json"
     if nodes and run_results.exists():
         invocation_id = json.loads(run_results.read_text()).get("metadata", {}).get("invocation_id")
-        kept = dbt_dir / "runs" / _safe_name(run_id) / "run_results.json"
+        kept = dbt_dir / "runs" / safe_run_id(run_id) / "run_results.json"
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_results, kept)
         run_results_path = kept
@@ -266,11 +267,6 @@ def _invoke(command: list[str], options: list[str], *, run_id: str, settings: Se
 
 def _status(value: Any) -> str:
     return str(getattr(value, "value", value))
-
-
-def _safe_name(run_id: str) -> str:
-    # Airflow run ids contain ':' and '+' (scheduled__2014-01-01T00:00:00+00:00).
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
 
 
 def _failure_message(result: DbtResult) -> str:

@@ -302,7 +302,7 @@ def recommend_payloads(version_dir: Path, n: int = 2000, k: int = 10, seed: int 
     """``/recommend`` bodies for known users of a registered version (its histories.parquet), shuffled."""
     import pandas as pd
 
-    from serving.logic import HISTORIES_FILE
+    from ml.core.artifacts import HISTORIES_FILE
 
     path = Path(version_dir) / HISTORIES_FILE
     if not path.exists():
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the cells here")
     args = parser.parse_args(argv)
 
-    from ml.settings import get_settings
+    from ml.core.settings import get_settings
     from serving.smoke import auth_headers
 
     settings = get_settings()

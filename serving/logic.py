@@ -18,7 +18,6 @@ cold-start answer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -31,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-HISTORIES_FILE = "histories.parquet"
-METADATA_FILE = "shopflow_metadata.json"
+from ml.core.artifacts import HISTORIES_FILE, METADATA_FILE, read_histories
+from ml.core.pii import user_hash
+
 LOG_DIR_NAME = "serving_logs"
 
 
@@ -45,60 +45,26 @@ class ServingError(Exception):
         self.message = message
 
 
-def user_hash(user_id: str | None) -> str | None:
-    """A short, stable digest of a user id for the request log (ids never appear in logs)."""
-    if user_id is None:
-        return None
-    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
-
-
 def title_of(text: str) -> str:
     """The title part of an item text (``title | brand: ... | category: ...``)."""
     return text.split(" | ", 1)[0].strip()
-
-
-def write_histories(examples: Any, folder: Path | str) -> Path:
-    """Save per-user histories (a frame with user_id, item_id, position) for user lookups.
-
-    Call this on the training snapshot when packaging a version (beside ``model/``), so the
-    served Bento knows the users the model was trained on.
-    """
-    import pandas as pd
-
-    frame = pd.DataFrame(examples)[["user_id", "item_id", "position"]].astype(
-        {"user_id": str, "item_id": str}
-    )
-    out = Path(folder) / HISTORIES_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.sort_values(["user_id", "position"], kind="stable").to_parquet(out, index=False)
-    return out
-
-
-def _read_histories(path: Path) -> dict[str, list[str]]:
-    import pandas as pd
-
-    frame = pd.read_parquet(path, columns=["user_id", "item_id", "position"])
-    frame = frame.sort_values(["user_id", "position"], kind="stable")
-    return {
-        str(user): [str(i) for i in group["item_id"]] for user, group in frame.groupby("user_id", sort=False)
-    }
 
 
 def _find_histories(version_dir: Path, work_dir: Path | None) -> tuple[dict[str, list[str]], str]:
     """User histories for the version and where they came from ('none' when there are none)."""
     for candidate in (version_dir / HISTORIES_FILE, version_dir / "model" / HISTORIES_FILE):
         if candidate.exists():
-            return _read_histories(candidate), str(candidate)
+            return read_histories(candidate), str(candidate)
     meta_file = version_dir / METADATA_FILE
     if work_dir is not None and meta_file.exists():
         run_id = json.loads(meta_file.read_text()).get("lineage", {}).get("run_id")
         if run_id:
-            from ml.settings import Settings
-            from ml.training import run_dir
+            from ml.core.artifacts import run_dir
+            from ml.core.settings import Settings
 
             snapshot = run_dir(run_id, Settings(work_dir=work_dir)) / "dataset" / "examples.parquet"
             if snapshot.exists():
-                return _read_histories(snapshot), str(snapshot)
+                return read_histories(snapshot), str(snapshot)
     return {}, "none"
 
 

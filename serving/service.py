@@ -29,8 +29,8 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, Field, SecretStr
 
+from ml.core.settings import get_settings
 from ml.registry import MODEL_NAME, champion
-from ml.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml.settings import PROJECT_DIR, Settings, get_settings
+from ml.core.settings import PROJECT_DIR, Settings, get_settings
 
 BENTOFILE = PROJECT_DIR / "serving" / "bentofile.yaml"
 
@@ -81,9 +81,9 @@ def register_sample_champion(
     import pandas as pd
 
     from ml import registry
+    from ml.core.artifacts import write_histories
     from ml.datasets import from_frames, shipped_frames
     from ml.train import TrainConfig, train
-    from serving.logic import write_histories
 
     examples, items = shipped_frames(settings.data_dir)
     sample = examples["user_id"].drop_duplicates().sort_values().sample(users, random_state=seed)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.settings import PROJECT_DIR, Settings
+from ml.core.settings import PROJECT_DIR, Settings
 
 PG_SERVER = os.environ.get("SHOPFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from ml.core.settings import PROJECT_DIR, Settings, get_settings
 from ml.orchestration import airflow_env, airflow_executable
-from ml.settings import PROJECT_DIR, Settings, get_settings
 
 DAGS_DIR = PROJECT_DIR / "dags"
 _AIRFLOW_TEST_HOME = Path(tempfile.mkdtemp(prefix="shopflow-airflow-test-"))

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from typing import Any
 
-from ml.settings import PROJECT_DIR
+from ml.core.settings import PROJECT_DIR
 
 DAGS_DIR = PROJECT_DIR / "dags"
 HEAVY_MODULES = ("pandas", "numpy", "duckdb", "torch", "transformers", "great_expectations", "dbt", "bentoml")
@@ -122,7 +122,7 @@ def test_schedule_follows_partition_grain() -> None:
         import json, os, sys
         sys.path.insert(0, {str(DAGS_DIR)!r})
         from airflow.dag_processing.dagbag import DagBag
-        from ml.settings import get_settings
+        from ml.core.settings import get_settings
         found = {{}}
         os.environ["SHOPFLOW_REPLAY_HISTORY_END"] = "2012-03-05"
         for grain in ("day", "week", "month"):

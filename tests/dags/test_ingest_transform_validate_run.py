@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ml.settings import PROJECT_DIR, Settings
+from ml.core.settings import PROJECT_DIR, Settings
 
 DAG_ID = "ingest_transform_validate"
 # Two days of real data: 90 Beauty reviews and 4,418 Online Retail lines, with real dirt.
@@ -46,8 +46,8 @@ def _task_states(run: Any) -> dict[str, str]:
 def test_manual_run_processes_the_conf_interval(
     airflow_db: Path, day_settings: Settings, use_settings: Any
 ) -> None:
+    from ml.core.warehouse import Warehouse
     from ml.replay import replay
-    from ml.warehouse import Warehouse
 
     landed = replay(day_settings, start=START, end=END)
     assert landed, "nothing landed for the test interval"

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ml.core.settings import PROJECT_DIR, Settings
 from ml.orchestration import AirflowRunError, LocalAirflow
-from ml.settings import PROJECT_DIR, Settings
 
 DAG_ID = "ingest_transform_validate"
 START, END = date(2011, 11, 1), date(2011, 11, 3)
@@ -21,8 +21,8 @@ START, END = date(2011, 11, 1), date(2011, 11, 3)
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_backfill_through_the_real_scheduler(tmp_path: Path) -> None:
+    from ml.core.warehouse import Warehouse
     from ml.replay import replay
-    from ml.warehouse import Warehouse
 
     settings = Settings(
         work_dir=tmp_path / "work",

@@ -17,17 +17,17 @@ from typing import Any
 import pytest
 
 from ml import orchestration
+from ml.core.calendar import grain_cron
+from ml.core.settings import PROJECT_DIR, Settings
 from ml.orchestration import (
     AirflowRunError,
     LocalAirflow,
     airflow_env,
-    grain_cron,
     jsonable,
     publish_summary,
     resolve_interval,
     settings_env,
 )
-from ml.settings import PROJECT_DIR, Settings
 
 UTC = UTC
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ml.settings import PROJECT_DIR, Settings
+from ml.core.settings import PROJECT_DIR, Settings
 
 DAG_ID = "train_recommender"
 USERS = 150
@@ -29,8 +29,8 @@ def train_settings(tmp_path: Path) -> Settings:
 
 def build_marts(settings: Settings) -> None:
     """marts.fct_training_examples / dim_items for a slice of real users, as dbt shapes them."""
+    from ml.core.warehouse import Warehouse
     from ml.datasets import shipped_frames
-    from ml.warehouse import Warehouse
 
     examples, items = shipped_frames(settings.data_dir)
     users = examples["user_id"].drop_duplicates().sample(USERS, random_state=1)

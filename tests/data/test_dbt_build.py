@@ -21,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ml.core.settings import PROJECT_DIR, Settings
+from ml.core.warehouse import Warehouse
 from ml.ingest import ingest_interval
 from ml.replay import replay
-from ml.settings import PROJECT_DIR, Settings
 from ml.transform import DbtBuildError, DbtResult, dbt_build, dbt_docs_generate
-from ml.warehouse import Warehouse
 
 RETAIL_DAY = date(2010, 12, 1)
 BEAUTY_DAY = date(2014, 3, 3)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ml.core.settings import Settings
+from ml.core.warehouse import Warehouse
 from ml.ingest import ContractError, ingest_interval
 from ml.replay import replay
-from ml.settings import Settings
-from ml.warehouse import Warehouse
 
 OCT, NOV, DEC = date(2024, 10, 1), date(2024, 11, 1), date(2024, 12, 1)
 

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import quality, schemas
-from ml.settings import Settings
-from ml.warehouse import Warehouse
+from ml import quality
+from ml.core import schemas
+from ml.core.settings import Settings
+from ml.core.warehouse import Warehouse
 
 DEC_2010, JAN_2011 = date(2010, 12, 1), date(2011, 1, 1)
 RULES = [

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ml.settings import PROJECT_DIR, Settings
+from ml.core.settings import PROJECT_DIR, Settings
 
 USERS = 300
 CURRENT = (date(2014, 1, 1), date(2014, 2, 1))
@@ -63,8 +63,8 @@ def build_marts(settings: Settings) -> pd.DataFrame:
     ``fct_training_examples`` holds the training period (before 2014), ``fct_interactions``
     everything; returns the monitored month's interactions.
     """
+    from ml.core.warehouse import Warehouse
     from ml.datasets import loo_labels, shipped_frames, time_labels
-    from ml.warehouse import Warehouse
 
     examples, items = shipped_frames(settings.data_dir)
     month = examples["event_ts"].between(pd.Timestamp(CURRENT[0]), pd.Timestamp(CURRENT[1]), inclusive="left")
@@ -97,7 +97,8 @@ def register_champion(settings: Settings, overrides: dict[str, Any]) -> str:
     """Train, register (with its monitoring reference) and promote a champion in-process, through
     the same stages the train DAG runs (evaluation against baselines left out for time)."""
     from ml import registry
-    from ml.training import REPORT, build_dataset, register_challenger, run_dir, train_challenger
+    from ml.core.artifacts import REPORT, run_dir
+    from ml.training import build_dataset, register_challenger, train_challenger
 
     run_id = "champion"
     build_dataset(run_id, settings)
@@ -133,7 +134,7 @@ def serve_month(settings: Settings, tag: str, users: list[str]) -> None:
 
 def inject_catalog_drift(settings: Settings) -> None:
     """Controlled drift after registration: prices triple, brands and categories are replaced."""
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ml.core.settings import PROJECT_DIR
 from ml.datasets import TrainingData, from_frames
-from ml.settings import PROJECT_DIR
 
 BEAUTY = PROJECT_DIR / "data" / "amazon_beauty_2014_5core"
 
@@ -61,8 +61,7 @@ def planted_data() -> TrainingData:
 @pytest.fixture(scope="session")
 def beauty_items() -> pd.DataFrame:
     """A few real Beauty items from five leaf categories (lipsticks among them)."""
-    from ml.datasets import item_text
-    from ml.ingest import normalize_categories
+    from ml.core.catalog import item_text, normalize_categories
 
     items = pd.read_parquet(
         BEAUTY / "items.parquet", columns=["item_id", "title", "categories", "brand", "price"]

@@ -7,17 +7,10 @@ import pandas as pd
 import pytest
 
 from ml.baselines import ItemKNN, Popularity
-from ml.datasets import (
-    TrainingDataError,
-    from_frames,
-    item_text,
-    load_training_data,
-    price_bucket,
-    shipped_frames,
-    time_labels,
-)
+from ml.core.catalog import item_text, price_bucket
+from ml.core.settings import Settings
+from ml.datasets import TrainingDataError, from_frames, load_training_data, shipped_frames, time_labels
 from ml.evaluate import evaluate
-from ml.settings import Settings
 
 
 def _examples() -> pd.DataFrame:
@@ -108,7 +101,7 @@ def test_time_split_follows_the_percentiles() -> None:
 
 
 def test_load_training_data_reads_the_marts(settings: Settings) -> None:
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     examples = _examples()
     examples["source"] = "beauty"
@@ -141,7 +134,7 @@ def test_load_training_data_reads_the_marts(settings: Settings) -> None:
 
 
 def test_shipped_beauty_split_is_the_published_one() -> None:
-    from ml.settings import PROJECT_DIR
+    from ml.core.settings import PROJECT_DIR
 
     data = from_frames(*shipped_frames(PROJECT_DIR / "data"), source="beauty")
     assert (data.num_users, data.num_items - 1, data.num_interactions) == (22_363, 12_101, 198_502)

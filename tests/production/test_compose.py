@@ -33,7 +33,7 @@ import httpx
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from ml.settings import PROJECT_DIR, Settings
+from ml.core.settings import PROJECT_DIR, Settings
 
 BASE = PROJECT_DIR / "docker-compose.yml"
 OVERRIDE = PROJECT_DIR / "docker-compose.override.yml"
@@ -304,7 +304,7 @@ def test_shopflow_settings_are_real_fields_on_postgres(rendered: dict[str, Any],
     for name in (*airflow_in(stack), "bento"):
         e = stack[name]["environment"]
         unknown = sorted(k for k in e if k.startswith("SHOPFLOW_") and k not in fields)
-        assert not unknown, f"{name}: no such setting in ml/settings.py: {unknown}"
+        assert not unknown, f"{name}: no such setting in ml/core/settings.py: {unknown}"
         assert e["SHOPFLOW_WAREHOUSE"] == "postgres"
         assert e["SHOPFLOW_PII_SALT"] == env["SHOPFLOW_PII_SALT"]
         assert e["SHOPFLOW_SERVING_API_TOKEN"] == env["SHOPFLOW_SERVING_API_TOKEN"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.settings import PROJECT_DIR, Settings
+from ml.core.settings import PROJECT_DIR, Settings
 
 PG_SERVER = os.environ.get("SHOPFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 DAG_ID = "ingest_transform_validate"
@@ -35,9 +35,9 @@ def _fetch(dsn: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[ob
 def test_one_run_on_postgres_warehouse_and_metadata(
     tmp_path: Path, own_pg_database: str, airflow_database: str
 ) -> None:
+    from ml.core.warehouse import Warehouse
     from ml.orchestration import LocalAirflow
     from ml.replay import replay
-    from ml.warehouse import Warehouse
 
     metadata_url = airflow_database.replace("postgresql://", "postgresql+psycopg2://", 1)
     settings = Settings(

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ml.settings import PROJECT_DIR, Settings, get_settings
+from ml.core.settings import PROJECT_DIR, Settings, get_settings
 
 N_USERS = 50
 N_COLD = 10

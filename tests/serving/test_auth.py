@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from ml.settings import get_settings
+from ml.core.settings import get_settings
 
 TOKEN = "s3cret-token-for-tests"
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from ml.settings import Settings
-from serving.logic import ServingError, ServingModel, user_hash
+from ml.core.pii import user_hash
+from ml.core.settings import Settings
+from serving.logic import ServingError, ServingModel
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_every_answer_is_logged(engine: ServingModel, served: Any) -> None:
 
 def test_histories_fall_back_to_the_run_snapshot_then_to_none(served: Any, tmp_path: Path) -> None:
     """Without histories.parquet: the lineage's run snapshot, else explicit histories only."""
-    from ml.training import run_dir
+    from ml.core.artifacts import run_dir
 
     version = tmp_path / "version"
     shutil.copytree(served.version_dir, version)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from ml.settings import PROJECT_DIR
+from ml.core.settings import PROJECT_DIR
 
 STARTUP_TIMEOUT_S = 120
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from ml import registry
 from ml.cli import app
-from ml.settings import Settings, get_settings
+from ml.core.settings import Settings, get_settings
 
 runner = CliRunner()
 COMMANDS = [

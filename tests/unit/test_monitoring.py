@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ml.core.pii import user_hash
+from ml.core.settings import Settings
 from ml.monitoring import (
     DATA_CATEGORICAL,
     DATA_NUMERICAL,
@@ -23,8 +25,6 @@ from ml.monitoring import (
     online_quality,
     prediction_features,
 )
-from ml.settings import Settings
-from serving.logic import user_hash
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from ml import pii
+from ml.core import pii
 
 
 def test_hash_ids_is_stable_salted_and_keeps_nulls() -> None:

@@ -11,8 +11,9 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from ml import quality, schemas
-from ml.warehouse import Warehouse
+from ml import quality
+from ml.core import schemas
+from ml.core.warehouse import Warehouse
 
 START, END = date(2011, 1, 1), date(2011, 2, 1)
 PARTITION = pd.Timestamp("2011-01-01")

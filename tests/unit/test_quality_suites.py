@@ -12,8 +12,9 @@ import yaml
 
 from expectations import marts, raw
 from expectations._rules import rule_name, rule_reason
-from ml import quality, schemas
-from ml.settings import PROJECT_DIR
+from ml import quality
+from ml.core import schemas
+from ml.core.settings import PROJECT_DIR
 
 ALL_SUITES = [
     *(builder() for builder in raw.RAW_SUITES.values()),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ml import registry
-from ml.settings import Settings
+from ml.core.settings import Settings
 
 
 def save(tmp_path: Path, settings: Settings, name: str, ndcg: float) -> registry.ModelVersion:

@@ -4,8 +4,9 @@ from datetime import date
 
 import pandas as pd
 
-from ml.replay import partition_start, replay
-from ml.settings import Settings
+from ml.core.calendar import partition_start
+from ml.core.settings import Settings
+from ml.replay import replay
 
 
 def test_partition_start_by_grain() -> None:

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ml.settings import Settings
-from ml.warehouse import Warehouse, duckdb_lock
+from ml.core.settings import Settings
+from ml.core.warehouse import Warehouse, duckdb_lock
 
 HOLD_S = 3.0
 
@@ -25,8 +25,8 @@ def test_a_second_process_waits_for_the_warehouse_instead_of_failing(settings: S
             textwrap.dedent(
                 f"""
                 import sys, time
-                from ml.settings import Settings
-                from ml.warehouse import Warehouse
+                from ml.core.settings import Settings
+                from ml.core.warehouse import Warehouse
                 settings = Settings(work_dir={str(settings.work_dir)!r}, pii_salt="test-salt")
                 with Warehouse(settings).connect() as con:
                     con.execute("insert into t values (2)")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 SourceKind = Literal["catalog", "invoice_lines"]
 """``catalog``: the bring-your-own-data contract (interactions + items tables).

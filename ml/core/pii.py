@@ -45,3 +45,10 @@ def scrub_text(values: pd.Series) -> pd.Series:
     out = values.astype("object").copy()
     out[mask] = text
     return out
+
+
+def user_hash(user_id: str | None) -> str | None:
+    """A short, stable digest of a user id for the request log (ids never appear in logs)."""
+    if user_id is None:
+        return None
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16]

@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from ml import schemas
-from ml.settings import Settings, get_settings
+from ml.core import schemas
+from ml.core.settings import Settings, get_settings
 
 _NAMED_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
