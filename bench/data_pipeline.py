@@ -32,10 +32,11 @@ ENGINES = ("duckdb", "postgres")
 def run_child(engine: str, work_dir: Path, dsn: str) -> dict[str, object]:
     """One engine, in this process: replay → ingest → validate_raw → dbt build → validate_marts."""
     from ml.core.settings import Settings
-    from ml.ingest import ingest_interval
-    from ml.quality import validate_marts, validate_raw
-    from ml.replay import replay
-    from ml.transform import dbt_build
+    from ml.data.ingest import ingest_interval
+    from ml.data.quality.marts import validate_marts
+    from ml.data.quality.raw import validate_raw
+    from ml.data.replay import replay
+    from ml.data.transform import dbt_build
 
     settings = Settings(
         work_dir=work_dir,

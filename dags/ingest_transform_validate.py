@@ -109,11 +109,12 @@ def _fail_without_retry(*data_errors: type[Exception]) -> Iterator[None]:
 def ingest_transform_validate() -> None:
     @task
     def ingest() -> dict[str, Any]:
-        """Load the interval's landing partitions into `raw.*`, replacing them (`ml.ingest.ingest_interval`).
+        """Load the interval's landing partitions into `raw.*`, replacing them
+        (`ml.data.ingest.ingest_interval`).
 
         A landing file that breaks its contract fails the task without retry and writes nothing.
         """
-        from ml.ingest import ingest_interval
+        from ml.data.ingest import ingest_interval
 
         with _fail_without_retry():
             start, end = _interval()
@@ -127,10 +128,11 @@ def ingest_transform_validate() -> None:
     @task
     def validate_raw() -> dict[str, Any]:
         """Run the raw Great Expectations suites on the interval and quarantine failing rows
-        (`ml.quality.validate_raw`); stop when a source's quarantine rate passes the gate
-        (`ml.quality.check_quarantine_gate`)."""
-        from ml.quality import QualityCheckError, QualityGateError, check_quarantine_gate
-        from ml.quality import validate_raw as run_validate_raw
+        (`ml.data.quality.raw.validate_raw`); stop when a source's quarantine rate passes the gate
+        (`ml.data.quality.raw.check_quarantine_gate`)."""
+        from ml.data.quality.gx import QualityCheckError, QualityGateError
+        from ml.data.quality.raw import check_quarantine_gate
+        from ml.data.quality.raw import validate_raw as run_validate_raw
 
         with _fail_without_retry(QualityGateError, QualityCheckError):
             start, end = _interval()
@@ -141,21 +143,21 @@ def ingest_transform_validate() -> None:
     @task
     def dbt_build() -> dict[str, Any]:
         """`dbt build` the project - models, data tests, unit tests - on the warehouse
-        (`ml.transform.dbt_build`)."""
-        from ml.transform import DbtBuildError
-        from ml.transform import dbt_build as run_dbt_build
+        (`ml.data.transform.dbt_build`)."""
+        from ml.data.transform import DbtBuildError
+        from ml.data.transform import dbt_build as run_dbt_build
 
         with _fail_without_retry(DbtBuildError):
             return dict(jsonable(run_dbt_build(_run_id())))
 
     @task
     def validate_marts() -> dict[str, Any]:
-        """Table-level Great Expectations checks on the marts (`ml.quality.validate_marts`).
+        """Table-level Great Expectations checks on the marts (`ml.data.quality.marts.validate_marts`).
 
         A failure blocks `publish`, so no downstream DAG trains on a bad mart.
         """
-        from ml.quality import QualityCheckError, QualityGateError
-        from ml.quality import validate_marts as run_validate_marts
+        from ml.data.quality.gx import QualityCheckError, QualityGateError
+        from ml.data.quality.marts import validate_marts as run_validate_marts
 
         with _fail_without_retry(QualityGateError, QualityCheckError):
             return dict(jsonable(run_validate_marts(_run_id())))

@@ -4,7 +4,7 @@
 - ``expectations.marts``: table-level suites of the dbt marts; a failure blocks publishing.
 
 Every expectation carries ``meta["rule"]`` (a stable name, shown in ``quarantine.rows``) and a
-human reason (``meta["reason"]`` and ``notes``). ``ml.quality`` runs the suites; nothing here
+human reason (``meta["reason"]`` and ``notes``). ``ml.data.quality.marts`` runs the suites; nothing here
 builds a GX context or touches data at import time.
 """
 

@@ -51,7 +51,7 @@ def replay(
     ] = None,
 ) -> None:
     """Cut the shipped datasets into landing partitions, as a shop's daily/weekly exports would land."""
-    from ml.replay import replay as do_replay
+    from ml.data.replay import replay as do_replay
 
     files = do_replay(
         get_settings(),
@@ -70,7 +70,7 @@ def ingest(
     run_id: Annotated[str | None, typer.Option(help="Run id recorded on rows and audit.")] = None,
 ) -> None:
     """Load the landing partitions of [START, END) into the warehouse's raw tables (idempotent)."""
-    from ml.ingest import ContractError, ingest_interval
+    from ml.data.ingest import ContractError, ingest_interval
 
     try:
         summary = ingest_interval(start.date(), end.date(), run_id or _run_id("ingest"), get_settings())
@@ -86,8 +86,9 @@ def validate_raw(
     run_id: Annotated[str | None, typer.Option(help="Run id recorded in the quarantine.")] = None,
 ) -> None:
     """Run the raw GX suites on [START, END); quarantine failing rows; fail over the quarantine rate."""
-    from ml.quality import QualityGateError, check_quarantine_gate
-    from ml.quality import validate_raw as do_validate
+    from ml.data.quality.gx import QualityGateError
+    from ml.data.quality.raw import check_quarantine_gate
+    from ml.data.quality.raw import validate_raw as do_validate
 
     settings = get_settings()
     result = do_validate(start.date(), end.date(), run_id or _run_id("validate"), settings)
@@ -103,7 +104,7 @@ def transform(
     select: Annotated[str | None, typer.Option(help="dbt node selection, e.g. 'marts'.")] = None,
 ) -> None:
     """dbt build (models and tests) on the configured warehouse."""
-    from ml.transform import DbtBuildError, dbt_build
+    from ml.data.transform import DbtBuildError, dbt_build
 
     try:
         result = dbt_build(_run_id("dbt"), get_settings(), select=select)
@@ -115,8 +116,8 @@ def transform(
 @app.command("validate-marts")
 def validate_marts() -> None:
     """Run the marts GX suites; exit 1 (publish blocked) when any expectation fails."""
-    from ml.quality import QualityGateError
-    from ml.quality import validate_marts as do_validate
+    from ml.data.quality.gx import QualityGateError
+    from ml.data.quality.marts import validate_marts as do_validate
 
     try:
         result = do_validate(_run_id("marts"), get_settings())
@@ -128,8 +129,8 @@ def validate_marts() -> None:
 @app.command("run-interval")
 def run_interval(start: Day, end: Day) -> None:
     """Ingest → validate raw → dbt build → validate marts for [START, END), in-process (no Airflow)."""
+    from ml.data.summary import render, warehouse_summary
     from ml.pipeline import run_interval as do_run
-    from ml.summary import render, warehouse_summary
 
     settings = get_settings()
     try:
@@ -142,7 +143,7 @@ def run_interval(start: Day, end: Day) -> None:
 @app.command()
 def summary() -> None:
     """Rows per warehouse table, quarantined rows by reason, and where the docs are."""
-    from ml.summary import render, warehouse_summary
+    from ml.data.summary import render, warehouse_summary
 
     typer.echo(render(warehouse_summary(get_settings())))
 
@@ -168,8 +169,8 @@ def demo(
     evaluate → register → gate → Bento), serve it, then replay the later period interval by
     interval with real shoppers' traffic; monitor_drift detects drift and triggers retraining, and
     a promoted challenger's Bento takes over. Ends with a summary."""
+    from ml.data.summary import render, warehouse_summary
     from ml.demo import render_models, render_monitoring, render_runs, run_demo
-    from ml.summary import render, warehouse_summary
 
     settings = get_settings()
     settings = settings.model_copy(

@@ -59,9 +59,9 @@ def run_demo(
             up to ``replay_later_end``).
         traffic_users: shoppers per interval whose traffic is sent to the Bento.
     """
+    from ml.data.replay import replay
+    from ml.data.transform import dbt_docs_generate
     from ml.orchestration import LocalAirflow
-    from ml.replay import replay
-    from ml.transform import dbt_docs_generate
 
     settings = settings or get_settings()
     result = DemoResult()
@@ -148,7 +148,7 @@ def _closed_loop(
     from contextlib import ExitStack
 
     from ml import registry
-    from ml.replay import replay
+    from ml.data.replay import replay
     from ml.traffic import send_traffic
     from serving.smoke import running_server
 

@@ -686,10 +686,10 @@ def publish_summary(
         run_id: the Airflow run that published.
         start: first day of the interval.
         end: day after the interval.
-        ingested: ``ml.ingest.ingest_interval``'s summary as JSON.
-        raw_report: ``ml.quality.validate_raw``'s report as JSON.
-        built: ``ml.transform.dbt_build``'s result as JSON.
-        marts_report: ``ml.quality.validate_marts``'s report as JSON.
+        ingested: ``ml.data.ingest.ingest_interval``'s summary as JSON.
+        raw_report: ``ml.data.quality.raw.validate_raw``'s report as JSON.
+        built: ``ml.data.transform.dbt_build``'s result as JSON.
+        marts_report: ``ml.data.quality.marts.validate_marts``'s report as JSON.
 
     Returns:
         A small JSON object (the full reports stay in the tasks' XComs).

@@ -27,9 +27,10 @@ def run_interval(start: date, end: date, run_id: str, settings: Settings | None 
     Raises whatever stage fails first (ContractError, QualityGateError, DbtBuildError); the
     publish step is simply not reached then.
     """
-    from ml.ingest import ingest_interval
-    from ml.quality import check_quarantine_gate, validate_marts, validate_raw
-    from ml.transform import dbt_build
+    from ml.data.ingest import ingest_interval
+    from ml.data.quality.marts import validate_marts
+    from ml.data.quality.raw import check_quarantine_gate, validate_raw
+    from ml.data.transform import dbt_build
 
     settings = settings or get_settings()
     ingest = ingest_interval(start, end, run_id, settings)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import subprocess
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from ml.core.artifacts import DATASET, REPORT, TRAIN, run_dir

@@ -47,7 +47,7 @@ def test_manual_run_processes_the_conf_interval(
     airflow_db: Path, day_settings: Settings, use_settings: Any
 ) -> None:
     from ml.core.warehouse import Warehouse
-    from ml.replay import replay
+    from ml.data.replay import replay
 
     landed = replay(day_settings, start=START, end=END)
     assert landed, "nothing landed for the test interval"

@@ -22,7 +22,7 @@ START, END = date(2011, 11, 1), date(2011, 11, 3)
 @pytest.mark.timeout(2400)
 def test_backfill_through_the_real_scheduler(tmp_path: Path) -> None:
     from ml.core.warehouse import Warehouse
-    from ml.replay import replay
+    from ml.data.replay import replay
 
     settings = Settings(
         work_dir=tmp_path / "work",

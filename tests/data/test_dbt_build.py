@@ -1,9 +1,9 @@
 """dbt build on a real slice of both shipped datasets, on DuckDB and on PostgreSQL.
 
-The slice goes through the real pipeline: ml.replay lands one day of Online Retail II
+The slice goes through the real pipeline: ml.data.replay lands one day of Online Retail II
 (2010-12-01: 3,108 lines with cancellations, guest checkouts, postage lines and verbatim
 duplicates) and one day of Amazon Beauty reviews (2014-03-03), a catalog export for the reviewed
-items is landed beside them, ml.ingest loads it all into raw.*, and a few rows are quarantined by
+items is landed beside them, ml.data.ingest loads it all into raw.*, and a few rows are quarantined by
 hand. Every mart figure is then checked against an independent pandas computation on raw.*.
 """
 
@@ -23,9 +23,9 @@ import pytest
 
 from ml.core.settings import PROJECT_DIR, Settings
 from ml.core.warehouse import Warehouse
-from ml.ingest import ingest_interval
-from ml.replay import replay
-from ml.transform import DbtBuildError, DbtResult, dbt_build, dbt_docs_generate
+from ml.data.ingest import ingest_interval
+from ml.data.replay import replay
+from ml.data.transform import DbtBuildError, DbtResult, dbt_build, dbt_docs_generate
 
 RETAIL_DAY = date(2010, 12, 1)
 BEAUTY_DAY = date(2014, 3, 3)

@@ -10,8 +10,8 @@ import pytest
 
 from ml.core.settings import Settings
 from ml.core.warehouse import Warehouse
-from ml.ingest import ContractError, ingest_interval
-from ml.replay import replay
+from ml.data.ingest import ContractError, ingest_interval
+from ml.data.replay import replay
 
 OCT, NOV, DEC = date(2024, 10, 1), date(2024, 11, 1), date(2024, 12, 1)
 

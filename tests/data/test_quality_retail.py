@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import quality
 from ml.core import schemas
 from ml.core.settings import Settings
 from ml.core.warehouse import Warehouse
+from ml.data.quality.gx import QualityGateError
+from ml.data.quality.raw import check_quarantine_gate, validate_raw
 
 DEC_2010, JAN_2011 = date(2010, 12, 1), date(2011, 1, 1)
 RULES = [
@@ -118,7 +119,7 @@ def test_one_real_month_quarantines_exactly_what_pandas_counts(retail: Settings)
     lines = load_retail(retail, DEC_2010, JAN_2011)
     failures = expected_failures(lines, DEC_2010, JAN_2011)
 
-    report = quality.validate_raw(DEC_2010, JAN_2011, "run-dec", retail)
+    report = validate_raw(DEC_2010, JAN_2011, "run-dec", retail)
 
     counts = report.sources["retail"]
     assert counts.landed == len(lines) == 42_481
@@ -134,7 +135,7 @@ def test_one_real_month_quarantines_exactly_what_pandas_counts(retail: Settings)
         "customer_id_present": 15_631,
     }  # fmt: skip
     assert counts.quarantine_rate < retail.max_quarantine_rate
-    quality.check_quarantine_gate(report, retail)
+    check_quarantine_gate(report, retail)
 
     warehouse = Warehouse(retail)
     stored = warehouse.read("select expectation, count(*) as n from quarantine.rows group by expectation")
@@ -151,22 +152,22 @@ def test_one_real_month_quarantines_exactly_what_pandas_counts(retail: Settings)
 
 def test_the_gate_stops_a_real_month_over_a_tighter_threshold(retail: Settings) -> None:
     load_retail(retail, DEC_2010, JAN_2011)
-    report = quality.validate_raw(DEC_2010, JAN_2011, "run-dec", retail)
+    report = validate_raw(DEC_2010, JAN_2011, "run-dec", retail)
     strict = retail.model_copy(update={"max_quarantine_rate": 0.10})
     with pytest.raises(
-        quality.QualityGateError, match=r"'retail' quarantined 38\.2%.*above max_quarantine_rate 10\.0%"
+        QualityGateError, match=r"'retail' quarantined 38\.2%.*above max_quarantine_rate 10\.0%"
     ):
-        quality.check_quarantine_gate(report, strict)
+        check_quarantine_gate(report, strict)
 
 
 def test_replay_ingest_then_validate_one_real_month(retail: Settings) -> None:
     """The lead's landing and ingest, then the quarantine: the audit adds up."""
-    from ml.ingest import ingest_interval
-    from ml.replay import replay
+    from ml.data.ingest import ingest_interval
+    from ml.data.replay import replay
 
     replay(retail, start=DEC_2010, end=JAN_2011, grain="month", sources=["retail"])
     ingest_interval(DEC_2010, JAN_2011, "run-dec", retail)
-    report = quality.validate_raw(DEC_2010, JAN_2011, "run-dec", retail)
+    report = validate_raw(DEC_2010, JAN_2011, "run-dec", retail)
 
     counts = report.sources["retail"]
     assert counts.landed == 42_481
@@ -181,7 +182,7 @@ def test_all_real_lines_add_up(retail: Settings) -> None:
     start, end = date(2009, 12, 1), date(2012, 1, 1)
     lines = load_retail(retail, start, end)
     began = time.perf_counter()
-    report = quality.validate_raw(start, end, "run-all", retail)
+    report = validate_raw(start, end, "run-all", retail)
     seconds = time.perf_counter() - began
 
     counts = report.sources["retail"]

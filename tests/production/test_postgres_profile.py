@@ -36,8 +36,8 @@ def test_one_run_on_postgres_warehouse_and_metadata(
     tmp_path: Path, own_pg_database: str, airflow_database: str
 ) -> None:
     from ml.core.warehouse import Warehouse
+    from ml.data.replay import replay
     from ml.orchestration import LocalAirflow
-    from ml.replay import replay
 
     metadata_url = airflow_database.replace("postgresql://", "postgresql+psycopg2://", 1)
     settings = Settings(

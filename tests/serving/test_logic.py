@@ -166,17 +166,24 @@ def test_concurrent_searches_share_encoder_passes_and_get_their_own_answers(engi
 
 def test_a_failing_encoder_pass_fails_every_waiter_with_its_error() -> None:
     import threading
+    import time
 
     import numpy as np
 
     from serving.logic import QueryCombiner
 
     gate = threading.Event()
+    encoding = threading.Event()
+    batches: list[list[str]] = []
+    raised: list[ValueError] = []
 
     def encode(texts: list[str]) -> np.ndarray:
+        batches.append(list(texts))
+        encoding.set()
         gate.wait(5)
         if "bad" in texts:
-            raise ValueError("encoder broke on 'bad'")
+            raised.append(ValueError("encoder broke on 'bad'"))
+            raise raised[-1]
         return np.ones((len(texts), 4), dtype=np.float32)
 
     combiner = QueryCombiner(encode)
@@ -186,14 +193,24 @@ def test_a_failing_encoder_pass_fails_every_waiter_with_its_error() -> None:
         try:
             results[text] = combiner(text).shape
         except ValueError as error:
-            results[text] = str(error)
+            results[text] = error
 
+    # "first" holds the encoder (blocked on the gate) while good, bad and fine queue behind it, so
+    # the next pass is exactly those three: bad's failure must reach good and fine too.
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    assert encoding.wait(5)
     threads = [threading.Thread(target=call, args=(t,)) for t in ("good", "bad", "fine")]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 5
+    while len(combiner._queue) < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
     gate.set()
-    for t in threads:
+    for t in [first, *threads]:
         t.join(10)
-    assert "encoder broke" in results["bad"]
-    assert len(results) == 3
-    assert all(v == (4,) or "encoder broke" in v for v in results.values())
+    assert [sorted(b) for b in batches] == [["first"], ["bad", "fine", "good"]]
+    assert results["first"] == (4,)
+    assert len(raised) == 1
+    assert all(results[t] is raised[0] for t in ("good", "bad", "fine")), results
+    assert (combiner.passes, combiner.encoded) == (1, 1)  # the failed pass counts no encodings

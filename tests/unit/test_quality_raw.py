@@ -11,9 +11,11 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from ml import quality
 from ml.core import schemas
 from ml.core.warehouse import Warehouse
+from ml.data.quality.gx import QualityGateError
+from ml.data.quality.marts import validate_marts
+from ml.data.quality.raw import validate_raw
 
 START, END = date(2011, 1, 1), date(2011, 2, 1)
 PARTITION = pd.Timestamp("2011-01-01")
@@ -99,7 +101,7 @@ def test_each_raw_invoice_rule_catches_exactly_its_planted_row(settings):
     ids = _load(settings, "invoice_lines", [*CLEAN_LINES, *BAD_LINES.values()], "retail")
     planted = dict(zip(BAD_LINES, ids[len(CLEAN_LINES) :], strict=True))
 
-    report = quality.validate_raw(START, END, "run-1", settings)
+    report = validate_raw(START, END, "run-1", settings)
 
     (table,) = report.tables
     assert table.landed == len(ids)
@@ -131,9 +133,9 @@ def test_postgres_warehouse_quarantines_the_same_rows_and_reruns_identically(pg_
         "from quarantine.rows where source = 'retail_gxq' order by _row_id"
     )
 
-    first = quality.validate_raw(START, END, "run-1", settings)
+    first = validate_raw(START, END, "run-1", settings)
     rows = warehouse.read(query)
-    second = quality.validate_raw(START, END, "run-1", settings)
+    second = validate_raw(START, END, "run-1", settings)
 
     assert first.tables[0].by_reason == dict.fromkeys(BAD_LINES, 1)
     assert dict(zip(rows["expectation"], rows["row_id"], strict=True)) == planted
@@ -149,7 +151,7 @@ def test_postgres_warehouse_quarantines_the_same_rows_and_reruns_identically(pg_
 def test_a_clean_load_passes_and_fills_the_audit(settings):
     settings = _only(settings, {"retail": "invoice_lines"})
     ids = _load(settings, "invoice_lines", CLEAN_LINES, "retail")
-    report = quality.validate_raw(START, END, "run-1", settings)
+    report = validate_raw(START, END, "run-1", settings)
     assert report.sources["retail"].quarantined == 0
     assert report.sources["retail"].accepted == len(ids)
     audit = Warehouse(settings).read("select * from raw.ingest_audit")
@@ -159,7 +161,7 @@ def test_a_clean_load_passes_and_fills_the_audit(settings):
 def test_a_row_failing_several_rules_lists_them_all_in_suite_order(settings):
     settings = _only(settings, {"retail": "invoice_lines"})
     _load(settings, "invoice_lines", [_line(stock_code="POST", price=0.0, customer_id=None)], "retail")
-    quality.validate_raw(START, END, "run-1", settings)
+    validate_raw(START, END, "run-1", settings)
     row = Warehouse(settings).read("select * from quarantine.rows").iloc[0]
     assert row["expectation"] == "stock_code_is_product"
     assert row["failed_expectations"] == "stock_code_is_product,price_positive,customer_id_present"
@@ -188,7 +190,7 @@ def test_catalog_rules_catch_exactly_their_planted_rows(settings):
         settings, "items", [item, {**item, "item_id": "B003", "price": None}, *items_bad.values()], "beauty"
     )
 
-    report = quality.validate_raw(START, END, "run-1", settings)
+    report = validate_raw(START, END, "run-1", settings)
 
     by_table = {t.table: t for t in report.tables}
     assert by_table["interactions"].by_reason == dict.fromkeys(bad, 1)
@@ -212,27 +214,27 @@ def test_rerun_replaces_the_partition_quarantine_with_identical_rows(settings):
     )
     query = f"select {columns} from quarantine.rows order by _row_id"
 
-    first = quality.validate_raw(START, END, "run-1", settings)
+    first = validate_raw(START, END, "run-1", settings)
     rows_first = warehouse.read(query)
     audit_first = warehouse.read("select * from raw.ingest_audit")
-    second = quality.validate_raw(START, END, "run-1", settings)
+    second = validate_raw(START, END, "run-1", settings)
 
     assert second.as_dict()["sources"] == first.as_dict()["sources"]
     pd.testing.assert_frame_equal(warehouse.read(query), rows_first)
     pd.testing.assert_frame_equal(warehouse.read("select * from raw.ingest_audit"), audit_first)
     # Another interval leaves this one's quarantine alone.
-    quality.validate_raw(END, date(2011, 3, 1), "run-2", settings)
+    validate_raw(END, date(2011, 3, 1), "run-2", settings)
     assert len(warehouse.read(query)) == len(BAD_LINES)
 
 
 def test_an_empty_interval_validates_nothing_and_clears_stale_quarantine(settings):
     settings = _only(settings, {"retail": "invoice_lines"})
     _load(settings, "invoice_lines", [_line(customer_id=None)], "retail")
-    quality.validate_raw(START, END, "run-1", settings)
+    validate_raw(START, END, "run-1", settings)
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
         warehouse.execute(con, "delete from raw.invoice_lines")
-    report = quality.validate_raw(START, END, "run-2", settings)
+    report = validate_raw(START, END, "run-2", settings)
     assert (report.landed, report.quarantined) == (0, 0)
     assert warehouse.scalar("select count(*) from quarantine.rows") == 0
 
@@ -313,7 +315,7 @@ def _write_marts(settings, marts: dict[str, pd.DataFrame]) -> None:
 
 def test_valid_marts_pass(settings):
     _write_marts(settings, _marts())
-    report = quality.validate_marts("run-1", settings)
+    report = validate_marts("run-1", settings)
     assert report.success
     assert report.rows["fct_interactions"] == 3
     assert report.evaluated > 50
@@ -329,8 +331,8 @@ def test_marts_gate_blocks_on_a_planted_duplicate_key_a_future_event_and_a_bad_p
     interactions.loc[0, "quantity"] = 0
     _write_marts(settings, marts)
 
-    with pytest.raises(quality.QualityGateError) as caught:
-        quality.validate_marts("run-1", settings)
+    with pytest.raises(QualityGateError) as caught:
+        validate_marts("run-1", settings)
 
     failures = {(f.table, f.column, f.rule): f for f in caught.value.result.failures}
     assert set(failures) == {
@@ -349,8 +351,8 @@ def test_a_missing_mart_or_column_blocks(settings):
     del marts["fct_copurchase_pairs"]
     marts["dim_items"] = marts["dim_items"].drop(columns=["item_text"])
     _write_marts(settings, marts)
-    with pytest.raises(quality.QualityGateError) as caught:
-        quality.validate_marts("run-1", settings)
+    with pytest.raises(QualityGateError) as caught:
+        validate_marts("run-1", settings)
     failures = {(f.table, f.column, f.rule) for f in caught.value.result.failures}
     assert failures == {
         ("fct_copurchase_pairs", None, "table_exists"),

@@ -12,9 +12,11 @@ import yaml
 
 from expectations import marts, raw
 from expectations._rules import rule_name, rule_reason
-from ml import quality
 from ml.core import schemas
+from ml.core.calendar import partition_end
 from ml.core.settings import PROJECT_DIR
+from ml.data.quality.gx import QualityGateError
+from ml.data.quality.raw import RawValidation, TableValidation, check_quarantine_gate, quarantine_frame
 
 ALL_SUITES = [
     *(builder() for builder in raw.RAW_SUITES.values()),
@@ -146,7 +148,7 @@ def test_quarantine_frame_takes_the_first_failing_rule_in_suite_order():
     ids = frame["_row_id"].tolist()
     failing = {"stock_code_is_product": [ids[2]], "customer_id_present": [ids[1], ids[2]]}
     reasons = {"stock_code_is_product": "not a product", "customer_id_present": "guest"}
-    out = quality.quarantine_frame(
+    out = quarantine_frame(
         frame, failing, reasons, run_id="r1", table="invoice_lines", quarantined_at=datetime(2024, 1, 1)
     )
     assert list(out.columns) == [c.name for c in schemas.QUARANTINE]
@@ -167,7 +169,7 @@ def test_quarantine_frame_takes_the_first_failing_rule_in_suite_order():
 
 def test_quarantine_frame_is_empty_when_nothing_fails():
     frame = _lines(quantity=[1, 2])
-    out = quality.quarantine_frame(
+    out = quarantine_frame(
         frame, {"customer_id_present": []}, {"customer_id_present": "guest"},
         run_id="r1", table="invoice_lines", quarantined_at=datetime(2024, 1, 1),
     )  # fmt: skip
@@ -175,12 +177,12 @@ def test_quarantine_frame_is_empty_when_nothing_fails():
     assert list(out.columns) == [c.name for c in schemas.QUARANTINE]
 
 
-def _report(landed: int, quarantined: int, by_reason: dict[str, int]) -> quality.RawValidation:
-    table = quality.TableValidation(
+def _report(landed: int, quarantined: int, by_reason: dict[str, int]) -> RawValidation:
+    table = TableValidation(
         source="retail", table="invoice_lines", suite="raw_invoice_lines", partitions=[],
         landed=landed, quarantined=quarantined, by_reason=by_reason, by_expectation=by_reason, seconds=0.0,
     )  # fmt: skip
-    return quality.RawValidation(
+    return RawValidation(
         run_id="r1", start=datetime(2011, 1, 1).date(), end=datetime(2011, 2, 1).date(), tables=[table]
     )
 
@@ -188,8 +190,8 @@ def _report(landed: int, quarantined: int, by_reason: dict[str, int]) -> quality
 def test_quarantine_gate_raises_over_the_threshold_naming_source_rate_threshold_and_reasons(settings):
     settings = settings.model_copy(update={"max_quarantine_rate": 0.25})
     report = _report(1000, 251, {"customer_id_present": 200, "not_duplicate": 40, "price_positive": 11})
-    with pytest.raises(quality.QualityGateError) as caught:
-        quality.check_quarantine_gate(report, settings)
+    with pytest.raises(QualityGateError) as caught:
+        check_quarantine_gate(report, settings)
     message = str(caught.value)
     assert "'retail'" in message
     assert "25.1%" in message
@@ -201,14 +203,14 @@ def test_quarantine_gate_raises_over_the_threshold_naming_source_rate_threshold_
 
 def test_quarantine_gate_passes_at_the_threshold_and_on_empty_runs(settings):
     settings = settings.model_copy(update={"max_quarantine_rate": 0.25})
-    quality.check_quarantine_gate(_report(1000, 250, {"customer_id_present": 250}), settings)
-    quality.check_quarantine_gate(_report(0, 0, {}), settings)
+    check_quarantine_gate(_report(1000, 250, {"customer_id_present": 250}), settings)
+    check_quarantine_gate(_report(0, 0, {}), settings)
 
 
 def test_partition_end_by_grain():
     day = datetime(2011, 12, 31).date()
-    assert quality.partition_end(day, "day").isoformat() == "2012-01-01"
-    assert quality.partition_end(datetime(2011, 12, 26).date(), "week").isoformat() == "2012-01-02"
-    assert quality.partition_end(datetime(2011, 12, 1).date(), "month").isoformat() == "2012-01-01"
+    assert partition_end(day, "day").isoformat() == "2012-01-01"
+    assert partition_end(datetime(2011, 12, 26).date(), "week").isoformat() == "2012-01-02"
+    assert partition_end(datetime(2011, 12, 1).date(), "month").isoformat() == "2012-01-01"
     with pytest.raises(ValueError):
-        quality.partition_end(day, "year")
+        partition_end(day, "year")

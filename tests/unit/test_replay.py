@@ -6,7 +6,7 @@ import pandas as pd
 
 from ml.core.calendar import partition_start
 from ml.core.settings import Settings
-from ml.replay import replay
+from ml.data.replay import replay
 
 
 def test_partition_start_by_grain() -> None:

@@ -1,32 +1,34 @@
-"""TODO: ml.data.quality.gx."""
+"""The Great Expectations plumbing both quality gates share: the file context, checkpoints, results.
+
+GX validates pandas DataFrames read from the warehouse, not the warehouse through SQLAlchemy:
+GX 1.24's SQL path is broken on DuckDB (every expectation fails with "list index out of range"),
+and one code path serves DuckDB and PostgreSQL alike. The GX project is a file context under
+``settings.gx_dir``: suites, checkpoints and validation results persist there and the Data Docs
+site (``<gx_dir>/gx/uncommitted/data_docs/local_site/index.html``) shows every run.
+"""
 
 from __future__ import annotations
 
-import logging
-import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
-import numpy as np
-import pandas as pd
-from expectations import marts as marts_rules
-from expectations import raw as raw_rules
-from expectations._rules import columns_used, rule_name, rule_reason
-from ml.core import schemas
-from ml.core.calendar import partition_end
-from ml.core.settings import Settings, get_settings
-from ml.core.warehouse import Warehouse
 
+import pandas as pd
+
+from expectations._rules import rule_name
+from ml.core import schemas
+from ml.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import great_expectations as gx
+    from great_expectations.core.expectation_validation_result import (
+        ExpectationSuiteValidationResult,
+    )
+    from great_expectations.data_context.types.resource_identifiers import ValidationResultIdentifier
 
 DATASOURCE = "shopflow_warehouse"
-
-
 DOCS_SITE = "local_site"
-
-
 ROW_ID = "_row_id"
 
 
@@ -184,7 +186,7 @@ def slim_stored_result(
 
 
 # -- raw: quarantine -----------------------------------------------------------------------------
-def _coerce(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+def coerce_types(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     """Give the columns their logical types whatever the engine returned (DuckDB or psycopg2)."""
     columns: dict[str, Any] = {}
     for column in schemas.RAW_TABLES[table]:
@@ -201,11 +203,11 @@ def _coerce(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     return pd.DataFrame(columns, index=frame.index)
 
 
-def _as_dates(values: pd.Series) -> list[date]:
+def as_dates(values: pd.Series) -> list[date]:
     return sorted({pd.Timestamp(v).date() for v in values.dropna().unique()})
 
 
-def _failures(result: ExpectationSuiteValidationResult, rules: list[str]) -> dict[str, list[str]]:
+def failures_by_rule(result: ExpectationSuiteValidationResult, rules: list[str]) -> dict[str, list[str]]:
     """Failing ``_row_id``s per rule, checked against GX's own unexpected counts."""
     failing: dict[str, list[str]] = {r: [] for r in rules}
     for expectation_result in result.results:

@@ -1,4 +1,11 @@
-"""TODO: ml.data.quality.raw."""
+"""The raw gate: row-level suites on a run's raw rows, quarantine, and the quarantine-rate limit.
+
+``validate_raw`` runs after ingest: the suites of ``expectations.raw`` through a GX Checkpoint on
+the raw rows of the run's partitions, and replaces ``quarantine.rows`` for those partitions with
+one row per failing raw row (first failing rule, reason, all failing rules, the row as JSON). dbt
+staging anti-joins that table, so quarantined rows are kept but never reach the marts.
+``check_quarantine_gate`` then stops the run when a source quarantines too much.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,29 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
+from typing import Any
+
 import numpy as np
 import pandas as pd
-from expectations import marts as marts_rules
+
 from expectations import raw as raw_rules
-from expectations._rules import columns_used, rule_name, rule_reason
+from expectations._rules import rule_name, rule_reason
 from ml.core import schemas
-from ml.core.calendar import partition_end
 from ml.core.settings import Settings, get_settings
 from ml.core.warehouse import Warehouse
+from ml.data.quality.gx import (
+    RAW_RESULT_FORMAT,
+    ROW_ID,
+    QualityCheckError,
+    QualityGateError,
+    as_dates,
+    coerce_types,
+    data_docs_index,
+    failures_by_rule,
+    gx_context,
+    run_checkpoint,
+    slim_stored_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +206,13 @@ def quarantine_frame(
 
 
 @dataclass
-class _TableOutcome:
+class TableOutcome:
     validation: TableValidation
     quarantine: pd.DataFrame
     audit: pd.DataFrame  # per (partition, loading run): landed, quarantined
 
 
-def _validate_table(
+def validate_table(
     context: Any,
     warehouse: Warehouse,
     *,
@@ -203,7 +222,7 @@ def _validate_table(
     end: date,
     run_id: str,
     quarantined_at: datetime,
-) -> _TableOutcome:
+) -> TableOutcome:
     began = time.perf_counter()
     suite = raw_rules.RAW_SUITES[table]()
     rules = [rule_name(e) for e in suite.expectations]
@@ -212,7 +231,7 @@ def _validate_table(
         f"select * from raw.{table} where source = :source and _partition >= :start and _partition < :end",
         {"source": source, "start": start, "end": end},
     )
-    frame = raw_rules.landing_order(_coerce(raw, table))
+    frame = raw_rules.landing_order(coerce_types(raw, table))
     del raw
     if not frame[ROW_ID].is_unique:
         raise QualityCheckError(f"raw.{table} ({source}): _row_id is not unique in [{start}, {end})")
@@ -232,7 +251,7 @@ def _validate_table(
                 raw_rules.INTERVAL_END: datetime.combine(end, datetime.min.time()),
             },
         )
-        failing = _failures(result, rules)
+        failing = failures_by_rule(result, rules)
         slim_stored_result(context, key, result)
         quarantine = quarantine_frame(
             frame,
@@ -260,7 +279,7 @@ def _validate_table(
         source=source,
         table=table,
         suite=suite.name,
-        partitions=_as_dates(frame["_partition"]),
+        partitions=as_dates(frame["_partition"]),
         landed=len(frame),
         quarantined=len(quarantine),
         by_reason={r: counts[r] for r in rules if counts[r]},
@@ -271,7 +290,7 @@ def _validate_table(
         "raw.%s (%s): %d landed, %d quarantined in %.1f s %s",
         table, source, validation.landed, validation.quarantined, validation.seconds, validation.by_reason,
     )  # fmt: skip
-    return _TableOutcome(validation, quarantine, audit)
+    return TableOutcome(validation, quarantine, audit)
 
 
 def validate_raw(start: date, end: date, run_id: str, settings: Settings | None = None) -> RawValidation:
@@ -307,7 +326,7 @@ def validate_raw(start: date, end: date, run_id: str, settings: Settings | None 
     quarantined_at = datetime.now().replace(microsecond=0)  # metadata only
 
     outcomes = [
-        _validate_table(
+        validate_table(
             context,
             warehouse,
             source=source,
