@@ -4,7 +4,7 @@ The protocol of the published Beauty tables (S3-Rec and later): histories ordere
 seq_pos), the last item of each of the 22,363 users is the test target and the one before the
 validation target; every target is ranked against all 12,101 items with the user's history
 excluded. Popularity, item-kNN, SASRec (ID-only) and ShopFlow's text recommender are trained on
-the same training prefixes and scored by the same ml.evaluate.evaluate, side by side, with their
+the same training prefixes and scored by the same ml.modeling.evaluate.evaluate, side by side, with their
 training wall time. Frames are built straight from the shipped Parquet (no pipeline run needed).
 
 Prints a table and writes bench/results/ranking.json (figures, configs, machine, date).
@@ -80,11 +80,12 @@ def main() -> int:
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from ml.baselines import Popularity, train_sasrec, tune_item_knn
     from ml.core.settings import get_settings
-    from ml.datasets import from_frames, shipped_frames
-    from ml.evaluate import evaluate
-    from ml.train import TrainConfig, train
+    from ml.modeling.baselines import Popularity, train_sasrec, tune_item_knn
+    from ml.modeling.config import TrainConfig
+    from ml.modeling.datasets import from_frames, shipped_frames
+    from ml.modeling.evaluate import evaluate
+    from ml.modeling.fit import train
 
     settings = get_settings()
     work = args.work_dir or settings.work_dir / "bench" / "ranking"

@@ -64,7 +64,8 @@ def run_mode(
     """Time ``steps`` optimizer steps of one mode (after ``args.warmup`` untimed ones)."""
     import torch
 
-    from ml.train import TrainConfig, Trainer
+    from ml.modeling.config import TrainConfig
+    from ml.modeling.fit import Trainer
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     config = TrainConfig(
@@ -153,9 +154,9 @@ def main() -> int:
     import torch
 
     from ml.core.settings import get_settings
-    from ml.datasets import from_frames, shipped_frames
-    from ml.model import TextEncoder
-    from ml.train import item_embeddings
+    from ml.modeling.datasets import from_frames, shipped_frames
+    from ml.modeling.embeddings import item_embeddings
+    from ml.modeling.model import TextEncoder
 
     settings = get_settings()
     examples, items = shipped_frames(settings.data_dir)

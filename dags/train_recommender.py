@@ -89,12 +89,12 @@ def _lineage() -> dict[str, Any]:
 def train_recommender() -> None:
     @task
     def build_dataset() -> dict[str, Any]:
-        """Snapshot the training marts into the run folder (`ml.training.build_dataset`).
+        """Snapshot the training marts into the run folder (`ml.training.stages.build_dataset`).
 
         An Asset-triggered run skips (and so does the rest) once there is a champion, unless
-        `SHOPFLOW_RETRAIN_ON_PUBLISH=always` (`ml.training.publish_skip_reason`)."""
-        from ml.training import build_dataset as run
-        from ml.training import publish_skip_reason
+        `SHOPFLOW_RETRAIN_ON_PUBLISH=always` (`ml.training.stages.publish_skip_reason`)."""
+        from ml.training.snapshot import build_dataset as run
+        from ml.training.stages import publish_skip_reason
 
         skip = publish_skip_reason(get_current_context()["dag_run"].run_type)
         if skip:
@@ -103,30 +103,32 @@ def train_recommender() -> None:
 
     @task(queue=_settings.training_queue)
     def train(dataset: dict[str, Any]) -> dict[str, Any]:
-        """Fine-tune the challenger on the snapshot (`ml.training.train_challenger`)."""
-        from ml.training import train_challenger
+        """Fine-tune the challenger on the snapshot (`ml.training.stages.train_challenger`)."""
+        from ml.training.stages import train_challenger
 
         return train_challenger(_run_id(), _overrides())
 
     @task
     def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
-        """Challenger and baselines on the same split; the run report (`ml.training.evaluate_challenger`)."""
-        from ml.training import evaluate_challenger
+        """Challenger and baselines on the same split; the run report
+        (`ml.training.stages.evaluate_challenger`)."""
+        from ml.training.stages import evaluate_challenger
 
         return evaluate_challenger(_run_id(), _overrides())
 
     @task
     def register(evaluation: dict[str, Any]) -> dict[str, Any]:
         """Save the challenger in the BentoML model store with metrics and lineage
-        (`ml.training.register_challenger`)."""
-        from ml.training import register_challenger
+        (`ml.training.stages.register_challenger`)."""
+        from ml.training.stages import register_challenger
 
         return register_challenger(_run_id(), evaluation, _lineage(), _overrides())
 
     @task(outlets=[MODEL])
     def gate(registered: dict[str, Any]) -> dict[str, Any]:
-        """Record whether the challenger beats the champion by the margin (`ml.training.gate_challenger`)."""
-        from ml.training import gate_challenger
+        """Record whether the challenger beats the champion by the margin
+        (`ml.training.stages.gate_challenger`)."""
+        from ml.training.stages import gate_challenger
 
         decision = gate_challenger(registered["tag"], _run_id())
         get_current_context()["outlet_events"][MODEL].extra = dict(jsonable(decision))
@@ -135,8 +137,8 @@ def train_recommender() -> None:
     @task
     def smoke_test(decision: dict[str, Any]) -> dict[str, Any]:
         """Build the challenger's Bento, serve it and query every endpoint
-        (`ml.training.smoke_test_challenger`); skipped when the gate rejected the challenger."""
-        from ml.training import smoke_test_challenger
+        (`ml.training.stages.smoke_test_challenger`); skipped when the gate rejected the challenger."""
+        from ml.training.stages import smoke_test_challenger
 
         if not decision["promoted"]:
             raise AirflowSkipException(f"not promoted: {decision['reason']}")
@@ -144,8 +146,8 @@ def train_recommender() -> None:
 
     @task(outlets=[BENTO])
     def promote(decision: dict[str, Any], smoke: dict[str, Any]) -> dict[str, Any]:
-        """Make the challenger the champion (`ml.training.promote_challenger`)."""
-        from ml.training import promote_challenger
+        """Make the challenger the champion (`ml.training.stages.promote_challenger`)."""
+        from ml.training.stages import promote_challenger
 
         result = promote_challenger(decision["challenger"], decision["reason"])
         get_current_context()["outlet_events"][BENTO].extra = dict(jsonable({**result, **smoke}))

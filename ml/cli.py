@@ -205,8 +205,8 @@ def train(
     rank 0 snapshots the marts, all N train one model with DDP, then rank 0 alone evaluates,
     registers and gates it.
     """
-    from ml import training
-    from ml.train import continue_alone, process_group
+    from ml.modeling.distributed import continue_alone, process_group
+    from ml.training import stages as training
 
     settings = get_settings()
     if max_users is not None:

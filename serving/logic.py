@@ -1,7 +1,7 @@
 """What the Bento serves, without BentoML: a loaded champion with its retrieval indexes and log.
 
 :class:`ServingModel` wraps a registered model version (``<version>/model`` is what
-``ml.model.save`` wrote) and answers recommend / similar / search in plain Python, so the logic is
+``ml.modeling.model.save`` wrote) and answers recommend / similar / search in plain Python, so the logic is
 tested in-process and the BentoML service (``serving/service.py``) is only IO and status codes.
 
 Retrieval is exact maximum inner product through faiss (``IndexFlatIP``): over the model's item
@@ -236,7 +236,7 @@ class ServingModel:
     ) -> None:
         import torch
 
-        from ml.model import load
+        from ml.modeling.model import load
 
         self.version_dir = Path(version_dir)
         self.tag = tag

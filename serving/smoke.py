@@ -82,8 +82,9 @@ def register_sample_champion(
 
     from ml import registry
     from ml.core.artifacts import write_histories
-    from ml.datasets import from_frames, shipped_frames
-    from ml.train import TrainConfig, train
+    from ml.modeling.config import TrainConfig
+    from ml.modeling.datasets import from_frames, shipped_frames
+    from ml.modeling.fit import train
 
     examples, items = shipped_frames(settings.data_dir)
     sample = examples["user_id"].drop_duplicates().sort_values().sample(users, random_state=seed)

@@ -3,7 +3,7 @@
 One owner for the model-version package, which training writes, the registry stores and serving
 and monitoring read::
 
-    <work_dir>/runs/<run id>/          a training run (see ml.training.stages)
+    <work_dir>/runs/<run id>/          a training run (see ml.training.stages.stages)
         dataset/examples.parquet       the marts snapshot every stage of the run reads
         dataset/items.parquet
         train/model/ train/history.json

@@ -30,7 +30,7 @@ def train_settings(tmp_path: Path) -> Settings:
 def build_marts(settings: Settings) -> None:
     """marts.fct_training_examples / dim_items for a slice of real users, as dbt shapes them."""
     from ml.core.warehouse import Warehouse
-    from ml.datasets import shipped_frames
+    from ml.modeling.datasets import shipped_frames
 
     examples, items = shipped_frames(settings.data_dir)
     users = examples["user_id"].drop_duplicates().sample(USERS, random_state=1)

@@ -64,7 +64,8 @@ def build_marts(settings: Settings) -> pd.DataFrame:
     everything; returns the monitored month's interactions.
     """
     from ml.core.warehouse import Warehouse
-    from ml.datasets import loo_labels, shipped_frames, time_labels
+    from ml.modeling.datasets import shipped_frames
+    from ml.modeling.splits import loo_labels, time_labels
 
     examples, items = shipped_frames(settings.data_dir)
     month = examples["event_ts"].between(pd.Timestamp(CURRENT[0]), pd.Timestamp(CURRENT[1]), inclusive="left")
@@ -98,7 +99,8 @@ def register_champion(settings: Settings, overrides: dict[str, Any]) -> str:
     the same stages the train DAG runs (evaluation against baselines left out for time)."""
     from ml import registry
     from ml.core.artifacts import REPORT, run_dir
-    from ml.training import build_dataset, register_challenger, train_challenger
+    from ml.training.snapshot import build_dataset
+    from ml.training.stages import register_challenger, train_challenger
 
     run_id = "champion"
     build_dataset(run_id, settings)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ml.core.settings import PROJECT_DIR
-from ml.datasets import TrainingData, from_frames
+from ml.modeling.datasets import TrainingData, from_frames
 
 BEAUTY = PROJECT_DIR / "data" / "amazon_beauty_2014_5core"
 

@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.baselines import ItemKNN, Popularity
 from ml.core.catalog import item_text, price_bucket
 from ml.core.settings import Settings
-from ml.datasets import TrainingDataError, from_frames, load_training_data, shipped_frames, time_labels
-from ml.evaluate import evaluate
+from ml.modeling.baselines import ItemKNN, Popularity
+from ml.modeling.datasets import TrainingDataError, from_frames, shipped_frames
+from ml.modeling.evaluate import evaluate
+from ml.modeling.splits import time_labels
+from ml.training.snapshot import load_training_data
 
 
 def _examples() -> pd.DataFrame:
@@ -167,7 +169,7 @@ def test_popularity_and_item_knn_on_a_planted_pair() -> None:
 
 
 def test_windows_keep_every_target_once() -> None:
-    from ml.train import make_batches, windows
+    from ml.modeling.batches import make_batches, windows
 
     seq = np.arange(1, 121)
     cut = list(windows([seq, np.array([7]), np.array([3, 4])], max_len=50))

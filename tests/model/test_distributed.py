@@ -1,4 +1,4 @@
-"""``ml.train.train`` under torchrun: two processes (gloo, CPU) train one model with DDP on a slice
+"""``ml.modeling.fit.train`` under torchrun: two processes (gloo, CPU) train one model with DDP on a slice
 of the shipped Beauty data. The ranks split every epoch's batches between them, end with the
 same weights, history and verdict, and the model rank 0 saved loads and scores like theirs.
 
@@ -44,7 +44,7 @@ CONFIG = {
 def write_beauty_slice(folder: Path, users: int = USERS) -> None:
     """The first ``users`` users of the shipped Beauty 5-core and the items they touched, as the
     (examples, items) Parquet pair every rank reads."""
-    from ml.datasets import shipped_frames
+    from ml.modeling.datasets import shipped_frames
 
     examples, items = shipped_frames(PROJECT / "data")
     keep = set(examples["user_id"].drop_duplicates().sort_values().head(users))
@@ -58,7 +58,7 @@ def write_beauty_slice(folder: Path, users: int = USERS) -> None:
 def read_slice(folder: Path) -> Any:
     import pandas as pd
 
-    from ml.datasets import from_frames
+    from ml.modeling.datasets import from_frames
 
     examples, items = pd.read_parquet(folder / "examples.parquet"), pd.read_parquet(folder / "items.parquet")
     return from_frames(examples, items, source="beauty")
@@ -82,7 +82,9 @@ def _batch_keys(trainer: Any) -> list[str]:
 
 def worker(out: Path) -> None:
     """One rank: train, then record what this rank ended with."""
-    from ml.train import Distributed, TrainConfig, Trainer, train
+    from ml.modeling.config import TrainConfig
+    from ml.modeling.distributed import Distributed
+    from ml.modeling.fit import Trainer, train
 
     data = read_slice(out / "data")
     config = TrainConfig(**CONFIG, cache_dir=out / "cache")
@@ -112,8 +114,9 @@ def _free_port() -> int:
 
 @pytest.mark.timeout(600)
 def test_two_ranks_train_one_model(tmp_path: Path) -> None:
-    from ml.model import Recommender
-    from ml.train import TrainConfig, Trainer
+    from ml.modeling.config import TrainConfig
+    from ml.modeling.fit import Trainer
+    from ml.modeling.model import Recommender
 
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {
@@ -176,7 +179,7 @@ def test_two_ranks_train_one_model(tmp_path: Path) -> None:
 
 
 def test_the_job_is_read_from_torchruns_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml.train import Distributed, continue_alone
+    from ml.modeling.distributed import Distributed, continue_alone
 
     assert Distributed.from_env({}) == Distributed() and not Distributed().enabled
     assert not Distributed.from_env({"WORLD_SIZE": "1", "RANK": "0"}).enabled

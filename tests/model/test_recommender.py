@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ml.datasets import TrainingData, from_frames
-from ml.evaluate import evaluate
-from ml.model import Recommender
-from ml.train import TrainConfig, Trainer, TrainResult, train
+from ml.modeling.config import TrainConfig, TrainResult
+from ml.modeling.datasets import TrainingData, from_frames
+from ml.modeling.evaluate import evaluate
+from ml.modeling.fit import Trainer, train
+from ml.modeling.model import Recommender
 
 TINY = {
     "hidden": 32,
@@ -187,7 +188,7 @@ def test_sasrec_needs_no_encoder(planted_data: TrainingData, tmp_path: Path) -> 
         result.model.search("lipstick")
 
 
-# -- the champion re-scored on a challenger's split (ml.training._AlignedScorer) -------------------
+# -- the champion re-scored on a challenger's split (ml.training.stages._AlignedScorer) -------------------
 
 
 def _frames_of(data: TrainingData) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -203,7 +204,7 @@ def _frames_of(data: TrainingData) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_aligned_scorer_on_the_models_own_data_changes_nothing(
     planted_run: TrainResult, planted_data: TrainingData
 ) -> None:
-    from ml.training import _AlignedScorer
+    from ml.training.stages import _AlignedScorer
 
     own = evaluate(planted_run.model, planted_data, "test")
     aligned = evaluate(_AlignedScorer(planted_run.model, planted_data), planted_data, "test")  # type: ignore[arg-type]
@@ -214,7 +215,7 @@ def test_aligned_scorer_on_the_models_own_data_changes_nothing(
 def test_aligned_scorer_follows_a_reordered_and_grown_catalog(
     planted_run: TrainResult, planted_data: TrainingData
 ) -> None:
-    from ml.training import _AlignedScorer
+    from ml.training.stages import _AlignedScorer
 
     examples, items = _frames_of(planted_data)
     # A later snapshot: the catalog lists items in another order and has two new products.

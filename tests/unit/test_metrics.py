@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ml.datasets import TrainingData
-from ml.evaluate import (
+from ml.modeling.datasets import TrainingData
+from ml.modeling.evaluate import (
     catalog_coverage,
     evaluate,
     hit_rate_at_k,

@@ -166,7 +166,7 @@ def test_new_marts_retrain_only_until_there_is_a_champion(
     from airflow.sdk.api.datamodels._generated import DagRunType
 
     from ml import registry
-    from ml.training import publish_skip_reason
+    from ml.training.stages import publish_skip_reason
 
     assert publish_skip_reason(DagRunType.ASSET_TRIGGERED, settings) is None  # no champion yet
     monkeypatch.setattr(registry, "champion", lambda _settings: "shopflow_recommender:v1")

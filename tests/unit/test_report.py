@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ml.report import markdown_table, write_run_report
+from ml.training.report import markdown_table, write_run_report
 
 MODELS = {
     "shopflow": {"recall@10": 0.0812, "ndcg@10": 0.04321, "mrr": 0.035, "train_seconds": 120.4},

@@ -17,8 +17,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ml.datasets import EvalCases, Split, TrainingData
-from ml.datasets import Protocol as SplitProtocol
+from ml.modeling.datasets import EvalCases, Split, TrainingData
+from ml.modeling.datasets import Protocol as SplitProtocol
 
 DEFAULT_KS = (5, 10, 20)
 Histories = Sequence["np.ndarray | Sequence[int]"]

@@ -21,6 +21,7 @@ from typing import Any
 
 from ml.core.artifacts import DATASET, REPORT, TRAIN, run_dir
 from ml.core.settings import PROJECT_DIR, Settings, get_settings
+from ml.training.snapshot import load_snapshot
 
 
 def git_sha() -> str | None:
@@ -41,7 +42,7 @@ def git_sha() -> str | None:
 
 def train_config(settings: Settings, overrides: dict[str, Any] | None = None) -> Any:
     """TrainConfig from settings.train_overrides, then the run's own overrides."""
-    from ml.train import TrainConfig
+    from ml.modeling.config import TrainConfig
 
     values = {
         "cache_dir": settings.work_dir / "cache",
@@ -49,17 +50,6 @@ def train_config(settings: Settings, overrides: dict[str, Any] | None = None) ->
         **(overrides or {}),
     }
     return TrainConfig(**values)
-
-
-def _load(run_id: str, settings: Settings) -> Any:
-    import pandas as pd
-
-    from ml.datasets import from_frames
-
-    folder = run_dir(run_id, settings) / DATASET
-    return from_frames(
-        pd.read_parquet(folder / "examples.parquet"), pd.read_parquet(folder / "items.parquet")
-    )
 
 
 class _AlignedScorer:
@@ -94,8 +84,8 @@ class _AlignedScorer:
 def _evaluate_champion(data: Any, protocol: str, settings: Settings) -> dict[str, Any] | None:
     """Champion's validation and test metrics on this run's split (None before the first champion)."""
     from ml import registry
-    from ml.evaluate import evaluate
-    from ml.model import load
+    from ml.modeling.evaluate import evaluate
+    from ml.modeling.model import load
 
     tag = registry.champion(settings)
     if tag is None:
@@ -133,39 +123,15 @@ def publish_skip_reason(run_type: Any, settings: Settings | None = None) -> str 
     )
 
 
-def build_dataset(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Snapshot the training marts of ``settings.train_source`` (optionally a user slice)."""
-    from ml.datasets import read_training_frames
-
-    settings = settings or get_settings()
-    examples, items = read_training_frames(settings, settings.train_source)
-    if settings.train_max_users is not None:
-        users = examples["user_id"].drop_duplicates().sort_values()
-        keep = users.sample(min(settings.train_max_users, len(users)), random_state=0)
-        examples = examples[examples["user_id"].isin(set(keep))]
-    folder = run_dir(run_id, settings) / DATASET
-    folder.mkdir(parents=True, exist_ok=True)
-    examples.to_parquet(folder / "examples.parquet", index=False)
-    items.to_parquet(folder / "items.parquet", index=False)
-    data = _load(run_id, settings)
-    return {
-        "source": settings.train_source,
-        "users": data.num_users,
-        "items": data.num_items,
-        "interactions": data.num_interactions,
-        "dataset_dir": str(folder),
-    }
-
-
 def train_challenger(
     run_id: str, overrides: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> dict[str, Any]:
     """Fine-tune the recommender on the run's snapshot (resumes from its checkpoint on retry)."""
-    from ml.train import train
+    from ml.modeling.fit import train
 
     settings = settings or get_settings()
     config = train_config(settings, overrides)
-    result = train(_load(run_id, settings), config, run_dir(run_id, settings) / TRAIN)
+    result = train(load_snapshot(run_id, settings), config, run_dir(run_id, settings) / TRAIN)
     return {
         "model_dir": str(result.model_dir),
         "best_epoch": result.best_epoch,
@@ -180,14 +146,14 @@ def evaluate_challenger(
     run_id: str, overrides: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> dict[str, Any]:
     """Test and validation metrics of the challenger and of the baselines, same split; the run report."""
-    from ml.baselines import evaluate_baselines
-    from ml.evaluate import evaluate
-    from ml.model import load
-    from ml.report import write_run_report
+    from ml.modeling.baselines import evaluate_baselines
+    from ml.modeling.evaluate import evaluate
+    from ml.modeling.model import load
+    from ml.training.report import write_run_report
 
     settings = settings or get_settings()
     folder = run_dir(run_id, settings)
-    data = _load(run_id, settings)
+    data = load_snapshot(run_id, settings)
     model = load(folder / TRAIN / "model")
     config = train_config(settings, overrides)
     history = json.loads((folder / TRAIN / "history.json").read_text())

@@ -1,4 +1,4 @@
-"""Baselines trained and evaluated on the same split, with the same :func:`ml.evaluate.evaluate`.
+"""Baselines trained and evaluated on the same split, with the same :func:`ml.modeling.evaluate.evaluate`.
 
 * :class:`Popularity`: the most frequent training items, for everyone.
 * :class:`ItemKNN`: item-item cosine similarity over the user-item matrix (sparse, scipy), a
@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ml.datasets import PAD, Protocol, Split, TrainingData
-from ml.evaluate import Histories, evaluate
-from ml.train import TrainConfig, TrainResult, train
+from ml.modeling.config import TrainConfig, TrainResult
+from ml.modeling.datasets import PAD, Protocol, Split, TrainingData
+from ml.modeling.evaluate import Histories, evaluate
+from ml.modeling.fit import train
 
 
 class Popularity:
@@ -159,7 +160,7 @@ def evaluate_baselines(
     """Fit each baseline on the training events and evaluate it on ``split``.
 
     Returns:
-        Per baseline, the metrics of :func:`ml.evaluate.evaluate` plus ``train_seconds``.
+        Per baseline, the metrics of :func:`ml.modeling.evaluate.evaluate` plus ``train_seconds``.
     """
     results: dict[str, dict[str, float]] = {}
     for name in include:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ml.core.catalog import item_texts
-from ml.core.settings import Settings
+from ml.modeling.splits import loo_labels, time_labels
 
 Protocol = Literal["loo", "time"]
 Split = Literal["validation", "test"]
@@ -168,44 +168,6 @@ class TrainingData:
         )
 
 
-# -- splits ------------------------------------------------------------------------------------
-def loo_labels(position: pd.Series, n_user_events: pd.Series) -> pd.Series:
-    """fct_training_examples.loo_split: last event test, the one before validation (>= 3 events)."""
-    labels = np.where(
-        n_user_events < 3,
-        "train",
-        np.where(
-            position == n_user_events, "test", np.where(position == n_user_events - 1, "validation", "train")
-        ),
-    )
-    return pd.Series(labels, index=position.index)
-
-
-def time_labels(event_ts: pd.Series) -> pd.Series:
-    """fct_training_examples.time_split: after the 80th / 90th percentile event time (discrete)."""
-    ordered = np.sort(event_ts.to_numpy())
-    n = len(ordered)
-    if n == 0:
-        return pd.Series([], dtype=object)
-
-    def disc(q: float) -> object:
-        # percentile_disc: the first value whose cumulative share reaches q.
-        return ordered[max(int(np.ceil(q * n)) - 1, 0)]
-
-    p80, p90 = disc(0.8), disc(0.9)
-    later80 = ordered[ordered > p80]
-    later90 = ordered[ordered > p90]
-    val_start = later80[0] if len(later80) else None
-    test_start = later90[0] if len(later90) else None
-    labels = np.full(n, "train", dtype=object)
-    ts = event_ts.to_numpy()
-    if val_start is not None:
-        labels[ts >= val_start] = "validation"
-    if test_start is not None:
-        labels[ts >= test_start] = "test"
-    return pd.Series(labels, index=event_ts.index)
-
-
 # -- constructors ------------------------------------------------------------------------------
 def from_frames(examples: pd.DataFrame, items: pd.DataFrame, source: str | None = None) -> TrainingData:
     """Build :class:`TrainingData` from frames shaped like the marts.
@@ -286,37 +248,6 @@ def from_frames(examples: pd.DataFrame, items: pd.DataFrame, source: str | None 
         loo_split=list(loo),
         time_split=list(time),
     )
-
-
-def read_training_frames(
-    settings: Settings | None = None, source: str = "beauty"
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The (examples, items) frames of one source, from the training marts.
-
-    ``marts.fct_training_examples`` gives the examples, ``marts.dim_items`` the items.
-    """
-    from ml.core.warehouse import Warehouse
-
-    warehouse = Warehouse(settings)
-    with warehouse.connect() as con:
-        examples = warehouse.read(
-            "select user_id, item_id, position, event_ts, sequence_number, loo_split, time_split "
-            "from marts.fct_training_examples where source = :source order by user_id, position",
-            {"source": source},
-            con,
-        )
-        items = warehouse.read(
-            "select item_id, item_text from marts.dim_items where source = :source order by item_id",
-            {"source": source},
-            con,
-        )
-    return examples, items
-
-
-def load_training_data(settings: Settings | None = None, source: str = "beauty") -> TrainingData:
-    """Read the training marts of one source (see :func:`read_training_frames`)."""
-    examples, items = read_training_frames(settings, source)
-    return from_frames(examples, items, source=source)
 
 
 def shipped_frames(

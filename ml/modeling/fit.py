@@ -21,7 +21,6 @@ writes the checkpoint, history and model.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -29,318 +28,35 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 from torch import nn
 
-from ml.datasets import PAD, Protocol, TrainingData
-from ml.evaluate import evaluate
-from ml.model import DEFAULT_ENCODER, ModelConfig, Recommender, TextEncoder, resolve_encoder
+from ml.modeling.batches import Batch, make_batches, windows
+from ml.modeling.config import TrainConfig, TrainResult
+from ml.modeling.datasets import PAD, TrainingData
+from ml.modeling.distributed import Distributed, process_group, resolve_device
+from ml.modeling.embeddings import item_embeddings
+from ml.modeling.evaluate import evaluate
+from ml.modeling.model import Recommender, TextEncoder, resolve_encoder
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"
 MODEL_DIR = "model"
-T = TypeVar("T")
-
-
-class TrainConfig(BaseModel):
-    """Hyperparameters of one training run (overrides by keyword: ``TrainConfig(epochs=5)``)."""
-
-    mode: Literal["frozen", "lora", "full"] = Field(
-        "frozen", description="Encoder fine-tuning level: frozen (cached embeddings), lora (peft), full."
-    )
-    encoder: str = Field(
-        DEFAULT_ENCODER, description="Hugging Face checkpoint name or local path of the text encoder."
-    )
-    use_text: bool = Field(True, description="Represent items by their text; False trains SASRec (ID-only).")
-    use_id_embedding: bool = Field(True, description="Add a learned ID embedding for items seen in training.")
-    max_text_tokens: int = Field(64, description="Item texts are truncated to this many tokens.")
-    max_len: int = Field(50, description="Most recent history items the user encoder reads.")
-    hidden: int = Field(64, description="Width of item and user representations.")
-    layers: int = Field(2, description="Transformer blocks of the user encoder.")
-    heads: int = Field(2, description="Attention heads per block.")
-    ff_mult: int = Field(1, description="Feed-forward width as a multiple of hidden (SASRec: 1).")
-    dropout: float = Field(0.5, description="Dropout on embeddings, attention and feed-forward.")
-    lr: float = Field(3e-3, description="AdamW learning rate of the recommender (not the encoder).")
-    encoder_lr: float = Field(5e-5, description="AdamW learning rate of the encoder (lora / full modes).")
-    weight_decay: float = Field(0.0, description="AdamW weight decay.")
-    batch_size: int = Field(128, description="User sequences per step.")
-    epochs: int = Field(20, description="Maximum passes over the training sequences.")
-    max_steps_per_epoch: int | None = Field(None, description="Cap on steps per epoch (smoke runs).")
-    patience: int = Field(3, description="Stop after this many validations without a better NDCG@10.")
-    eval_every: int = Field(1, description="Validate every this many epochs.")
-    val_max_cases: int | None = Field(
-        5000, description="Validate on a fixed random subset of this many users (None: all)."
-    )
-    loss: Literal["auto", "full", "sampled"] = Field(
-        "auto",
-        description="Softmax over the full catalog, or over the batch's items plus shared "
-        "negatives; auto = full on CUDA, sampled on CPU (3x faster per step on Beauty).",
-    )
-    negatives: int = Field(1024, description="Shared uniform negatives per step of the sampled softmax.")
-    encoder_items_per_step: int = Field(
-        256, description="lora/full: most items re-encoded with gradients per step (targets first)."
-    )
-    lora_r: int = Field(8, description="LoRA rank.")
-    lora_alpha: int = Field(16, description="LoRA scaling numerator.")
-    lora_dropout: float = Field(0.1, description="Dropout on the LoRA path.")
-    lora_targets: list[str] = Field(
-        default_factory=lambda: ["query", "value"], description="Encoder modules that get LoRA adapters."
-    )
-    protocol: Protocol = Field("loo", description="Split to train and validate on: loo or time.")
-    seed: int = Field(42, description="Seed of python, numpy and torch.")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
-    num_threads: int | None = Field(
-        None, description="CPU threads; None = min(2, cores): more threads than cores is slower."
-    )
-    cache_dir: Path | None = Field(
-        None, description="Where frozen item embeddings are cached; None = <out_dir>/../embedding_cache."
-    )
-    resume: bool = Field(True, description="Continue from out_dir's checkpoint when its config matches.")
-    progress: bool = Field(True, description="Show tqdm progress bars (hidden when not a terminal).")
-
-    def architecture(self, num_items: int, text_dim: int) -> ModelConfig:
-        """The architecture part of this config."""
-        return ModelConfig(
-            encoder=self.encoder,
-            use_text=self.use_text,
-            use_id_embedding=self.use_id_embedding,
-            text_dim=text_dim,
-            max_text_tokens=self.max_text_tokens,
-            max_len=self.max_len,
-            hidden=self.hidden,
-            layers=self.layers,
-            heads=self.heads,
-            ff_mult=self.ff_mult,
-            dropout=self.dropout,
-            num_items=num_items,
-        )
-
-    def fingerprint(self) -> str:
-        """A digest of what changes the result (not epochs, patience, progress or resume)."""
-        skip = {"epochs", "patience", "progress", "resume", "cache_dir", "num_threads", "device"}
-        payload = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    model: Recommender
-    model_dir: Path
-    config: TrainConfig
-    best_epoch: int
-    best_metric: float
-    """Validation NDCG@10 of the kept weights."""
-    history: list[dict[str, float]] = field(default_factory=list)
-    train_seconds: float = 0.0
-    embedding_seconds: float = 0.0
-    """Seconds spent encoding item texts (0 on a cache hit)."""
-    device: str = "cpu"
-    world_size: int = 1
-    """Processes that trained it together (torchrun); 1 = a single process."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-# -- torchrun ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a ``torchrun`` job; ``world_size == 1`` is a plain single process.
-
-    torchrun starts one process per device and tells each its ``RANK``, ``LOCAL_RANK`` and
-    ``WORLD_SIZE``. The same training code runs in all of them; only the batches each rank sees,
-    who validates and who writes files differ. Every collective here is a no-op in a single process.
-    """
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    local_world_size: int = 1
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Distributed:
-        """The job torchrun describes in the environment (a single process when it describes none)."""
-        env = os.environ if environ is None else environ
-        world = int(env.get("WORLD_SIZE") or 1)
-        if world <= 1:
-            return cls()
-        missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
-        if missing:
-            raise RuntimeError(
-                f"WORLD_SIZE={world} but {', '.join(missing)} not set: "
-                "start distributed training with torchrun"
-            )
-        local = int(env.get("LOCAL_WORLD_SIZE") or world)
-        return cls(int(env["RANK"]), int(env["LOCAL_RANK"]), world, local)
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the one that validates and writes."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        """Wait until every rank got here."""
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def broadcast(self, value: T) -> T:
-        """Rank 0's ``value`` (any picklable object) on every rank."""
-        if not self.enabled:
-            return value
-        box: list[Any] = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]  # type: ignore[no-any-return]
-
-    def mean(self, values: list[float]) -> float:
-        """The mean of every rank's ``values`` together (NaN when there are none)."""
-        if not self.enabled:
-            return float(np.mean(values)) if values else float("nan")
-        nccl = torch.distributed.get_backend() == "nccl"
-        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-        total = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(total)
-        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
-
-
-@contextmanager
-def process_group(device: str = "auto") -> Iterator[Distributed]:
-    """Join the torchrun job's process group for the block; nothing happens in a single process.
-
-    NCCL when training on CUDA (each rank on the GPU of its ``LOCAL_RANK``), gloo on CPU. A group
-    opened by a caller (the CLI opens one around snapshot and training) is used and left open.
-    """
-    dist = Distributed.from_env()
-    if not dist.enabled or torch.distributed.is_initialized():
-        yield dist
-        return
-    cuda = resolve_device(device).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(dist.local_rank)
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    try:
-        yield dist
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
-
-
-def continue_alone() -> None:
-    """Forget the torchrun job after its process group closed: later work here is single-process.
-
-    ``shopflow train``'s rank 0 evaluates, trains the SASRec baseline and registers alone once
-    the others have exited; without this, that baseline's :func:`train` would wait for them.
-    """
-    for name in TORCHRUN_VARIABLES:
-        os.environ.pop(name, None)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def item_embeddings(
-    data: TrainingData, encoder: TextEncoder, cache_dir: Path | None, progress: bool = False
-) -> tuple[torch.Tensor, float]:
-    """Pooled encoder output of every item text, from the disk cache when present.
-
-    The cache key covers the encoder (name and resolved path), the token limit and a hash of the
-    vocabulary and texts: a changed title or catalog computes afresh.
-
-    Returns:
-        The embeddings (``num_items x dim``) and the seconds spent encoding (0 on a hit).
-    """
-    key_src = f"{encoder.name}|{encoder.path}|{encoder.max_tokens}|{data.texts_hash()}"
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
-    path = cache_dir / f"items-{key}.pt" if cache_dir is not None else None
-    if path is not None and path.exists():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if tuple(cached.shape) == (data.num_items, encoder.dim):
-            return cached, 0.0
-    start = time.perf_counter()
-    emb = encoder.encode(data.item_texts, progress=progress)
-    emb[PAD] = 0.0
-    seconds = time.perf_counter() - start
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(emb, tmp)
-        tmp.replace(path)
-    return emb, seconds
-
-
-@dataclass
-class Batch:
-    """Left-padded inputs and next-item targets of some user sequences."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-
-    @property
-    def size(self) -> int:
-        return int(self.inputs.shape[0])
-
-    @property
-    def positions(self) -> int:
-        return int((self.targets != PAD).sum())
-
-
-def windows(sequences: list[np.ndarray], max_len: int) -> Iterator[np.ndarray]:
-    """Cut sequences longer than ``max_len + 1`` into windows whose targets do not overlap.
-
-    Truncating to the last ``max_len`` items would throw away the early targets of long
-    histories; windows keep every target while bounding the attention length.
-    """
-    for seq in sequences:
-        end = len(seq)
-        while end >= 2:
-            yield seq[max(0, end - max_len - 1) : end]
-            end -= max_len
-
-
-def make_batches(
-    sequences: list[np.ndarray], batch_size: int, max_len: int, rng: np.random.Generator
-) -> Iterator[Batch]:
-    """Shuffled batches of similar-length sequences (dynamic padding wastes little)."""
-    sequences = list(windows(sequences, max_len))
-    lengths = np.asarray([len(s) for s in sequences])
-    # Sort by length with random tie-breaks, cut into batches, shuffle the batches.
-    order = np.lexsort((rng.random(len(sequences)), lengths))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for c in rng.permutation(len(chunks)):
-        rows = [sequences[i] for i in chunks[c]]
-        length = max(len(r) for r in rows) - 1
-        inputs = torch.zeros(len(rows), length, dtype=torch.long)
-        targets = torch.zeros(len(rows), length, dtype=torch.long)
-        for j, r in enumerate(rows):
-            n = len(r) - 1
-            inputs[j, length - n :] = torch.as_tensor(r[:-1])
-            targets[j, length - n :] = torch.as_tensor(r[1:])
-        yield Batch(inputs, targets)
 
 
 @dataclass
@@ -618,7 +334,7 @@ def train(
     docstring); they all return the same model, written once by rank 0.
 
     Args:
-        data: items, sequences and splits (see :mod:`ml.datasets`).
+        data: items, sequences and splits (see :mod:`ml.modeling.datasets`).
         config: hyperparameters; defaults to ``TrainConfig()``.
         out_dir: run folder: ``checkpoint.pt`` (resume), ``history.json`` and ``model/``.
 

@@ -1,0 +1,77 @@
+"""The training run's data: the marts read once into the run folder, so every stage sees the same rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ml.core.artifacts import DATASET, run_dir
+from ml.core.settings import Settings, get_settings
+from ml.modeling.datasets import TrainingData, from_frames
+
+
+def read_training_frames(
+    settings: Settings | None = None, source: str = "beauty"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The (examples, items) frames of one source, from the training marts.
+
+    ``marts.fct_training_examples`` gives the examples, ``marts.dim_items`` the items.
+    """
+    from ml.core.warehouse import Warehouse
+
+    warehouse = Warehouse(settings)
+    with warehouse.connect() as con:
+        examples = warehouse.read(
+            "select user_id, item_id, position, event_ts, sequence_number, loo_split, time_split "
+            "from marts.fct_training_examples where source = :source order by user_id, position",
+            {"source": source},
+            con,
+        )
+        items = warehouse.read(
+            "select item_id, item_text from marts.dim_items where source = :source order by item_id",
+            {"source": source},
+            con,
+        )
+    return examples, items
+
+
+def load_training_data(settings: Settings | None = None, source: str = "beauty") -> TrainingData:
+    """Read the training marts of one source (see :func:`read_training_frames`)."""
+    examples, items = read_training_frames(settings, source)
+    return from_frames(examples, items, source=source)
+
+
+def load_snapshot(run_id: str, settings: Settings) -> Any:
+    import pandas as pd
+
+    from ml.modeling.datasets import from_frames
+
+    folder = run_dir(run_id, settings) / DATASET
+    return from_frames(
+        pd.read_parquet(folder / "examples.parquet"), pd.read_parquet(folder / "items.parquet")
+    )
+
+
+def build_dataset(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Snapshot the training marts of ``settings.train_source`` (optionally a user slice)."""
+    from ml.training.snapshot import read_training_frames
+
+    settings = settings or get_settings()
+    examples, items = read_training_frames(settings, settings.train_source)
+    if settings.train_max_users is not None:
+        users = examples["user_id"].drop_duplicates().sort_values()
+        keep = users.sample(min(settings.train_max_users, len(users)), random_state=0)
+        examples = examples[examples["user_id"].isin(set(keep))]
+    folder = run_dir(run_id, settings) / DATASET
+    folder.mkdir(parents=True, exist_ok=True)
+    examples.to_parquet(folder / "examples.parquet", index=False)
+    items.to_parquet(folder / "items.parquet", index=False)
+    data = load_snapshot(run_id, settings)
+    return {
+        "source": settings.train_source,
+        "users": data.num_users,
+        "items": data.num_items,
+        "interactions": data.num_interactions,
+        "dataset_dir": str(folder),
+    }
