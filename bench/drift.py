@@ -2,7 +2,7 @@
 
 ``make bench-drift`` → ``bench/results/drift.json``. The current window is every line of the
 dataset, the reference its first year (2009-12 to 2010-11): the drift ShopFlow's monitoring
-computes (``ml.monitoring.drift_report``: both sides sampled to ``SHOPFLOW_DRIFT_SAMPLE_ROWS``,
+computes (``ml.monitoring.run.drift_report``: both sides sampled to ``SHOPFLOW_DRIFT_SAMPLE_ROWS``,
 200,000 by default), side by side with the baseline of handing Evidently all rows unsampled.
 Each variant runs in a fresh process so its peak memory is its own; both report the per-column
 distances, so the cost of sampling in accuracy is printed next to its gain in time.
@@ -55,7 +55,7 @@ def features() -> tuple[Any, Any]:
 def run_variant(variant: str) -> dict[str, Any]:
     """One measured run (in this process): load + features, then the Evidently drift report."""
     from ml.core.settings import Settings
-    from ml.monitoring import drift_report
+    from ml.monitoring.drift import drift_report
 
     started = time.perf_counter()
     current, reference = features()

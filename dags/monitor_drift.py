@@ -6,8 +6,8 @@ world changed.
 
 1. **load_serving_logs** - the Bento's request log lines not loaded yet → `monitoring.requests`,
    stamped with this run's id: the batch of "what was served since the last check"
-   (`ml.request_logs.load_request_logs`).
-2. **compute_reports** - Evidently 0.7 reports (`ml.monitoring.monitor_interval`):
+   (`ml.monitoring.request_logs.load_request_logs`).
+2. **compute_reports** - Evidently 0.7 reports (`ml.monitoring.run.monitor_interval`):
    *data drift* of the interval's interactions and item features against the champion's training
    reference; *prediction drift* of this batch's recommendations against the version's first batch;
    *online quality*, the hit rate of served recommendations against what those users did in the
@@ -83,24 +83,25 @@ def monitor_drift() -> None:
     @task
     def load_serving_logs() -> dict[str, Any]:
         """New request log lines → `monitoring.requests` as this run's batch."""
-        from ml.request_logs import load_request_logs
+        from ml.monitoring.request_logs import load_request_logs
 
         return load_request_logs(_run_id()).as_dict()
 
     @task
     def compute_reports(loaded: dict[str, Any]) -> dict[str, Any]:
-        """Data drift, prediction drift and online quality (`ml.monitoring.monitor_interval`)."""
-        from ml.monitoring import monitor_interval
+        """Data drift, prediction drift and online quality (`ml.monitoring.run.monitor_interval`)."""
+        from ml.monitoring.run import monitor_interval
 
         start, end = _interval()
         return dict(jsonable(monitor_interval(start, end, _run_id()).as_dict()))
 
     @task.branch
     def decide(result: dict[str, Any]) -> list[str]:
-        """Retrain, alert only, or nothing (`ml.monitoring.decide`); recorded in `monitoring.runs`."""
+        """Retrain, alert only, or nothing (`ml.monitoring.run.decide`); recorded in `monitoring.runs`."""
         from datetime import UTC, datetime
 
-        from ml.monitoring import MonitorResult, decide, last_retrain_at, record_run
+        from ml.monitoring.decision import decide, last_retrain_at, record_run
+        from ml.monitoring.run import MonitorResult
 
         context = get_current_context()
         in_flight = context["ti"].get_dr_count(dag_id=TRAIN_DAG, states=["queued", "running"])
@@ -116,8 +117,9 @@ def monitor_drift() -> None:
 
     @task
     def alert(result: dict[str, Any]) -> dict[str, Any]:
-        """Log the alert; POST it to `SHOPFLOW_ALERT_WEBHOOK_URL` when set (`ml.monitoring.notify`)."""
-        from ml.monitoring import Decision, MonitorResult, notify
+        """Log the alert; POST it to `SHOPFLOW_ALERT_WEBHOOK_URL` when set (`ml.monitoring.run.notify`)."""
+        from ml.monitoring.decision import Decision, notify
+        from ml.monitoring.run import MonitorResult
 
         decision = get_current_context()["ti"].xcom_pull(task_ids="decide", key="decision")
         made = Decision(decision["action"], decision["reason"], decision["alarms"])

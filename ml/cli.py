@@ -251,8 +251,9 @@ def monitor(start: Day, end: Day) -> None:
     monitor_drift would decide. Nothing is triggered and no decision is recorded."""
     from datetime import UTC
 
-    from ml.monitoring import decide, last_retrain_at, monitor_interval
-    from ml.request_logs import RequestLogError, load_request_logs
+    from ml.monitoring.decision import decide, last_retrain_at
+    from ml.monitoring.request_logs import RequestLogError, load_request_logs
+    from ml.monitoring.run import monitor_interval
 
     settings = get_settings()
     run_id = _run_id("monitor")

@@ -199,7 +199,7 @@ def _closed_loop(
 
 
 def _decision_of(settings: Settings, run_id: str) -> str:
-    from ml.monitoring import monitoring_runs
+    from ml.monitoring.decision import monitoring_runs
 
     runs = monitoring_runs(settings)
     row = runs[runs["run_id"] == run_id]
@@ -297,7 +297,7 @@ def render_runs(result: DemoResult) -> str:
 
 def render_monitoring(result: DemoResult, settings: Settings) -> str:
     """Drift per monitoring run, the decision taken, what served each interval, and the reports."""
-    from ml.monitoring import monitoring_runs
+    from ml.monitoring.decision import monitoring_runs
 
     lines = ["Monitoring (monitor_drift) per interval", "---------------------------------------"]
     runs = monitoring_runs(settings)

@@ -202,7 +202,7 @@ def register_challenger(
     import pandas as pd
 
     from ml.core.artifacts import write_histories
-    from ml.monitoring import write_reference
+    from ml.monitoring.features import write_reference
 
     examples = pd.read_parquet(folder / DATASET / "examples.parquet")
     # The served Bento looks users up by the histories the model was trained on.

@@ -158,7 +158,7 @@ def _monitor(airflow: Any, interval: tuple[date, date]) -> tuple[str, dict[str, 
 
 def _run_loop(settings: Settings, champion_overrides: dict[str, Any]) -> dict[str, Any]:
     from ml import registry
-    from ml.monitoring import monitoring_runs
+    from ml.monitoring.decision import monitoring_runs
     from ml.orchestration import LocalAirflow
 
     month = build_marts(settings)

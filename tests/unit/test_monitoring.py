@@ -14,17 +14,11 @@ import pytest
 
 from ml.core.pii import user_hash
 from ml.core.settings import Settings
-from ml.monitoring import (
-    DATA_CATEGORICAL,
-    DATA_NUMERICAL,
-    Decision,
-    MonitorResult,
-    decide,
-    drift_report,
-    notify,
-    online_quality,
-    prediction_features,
-)
+from ml.monitoring.decision import Decision, decide, notify
+from ml.monitoring.drift import drift_report
+from ml.monitoring.features import DATA_CATEGORICAL, DATA_NUMERICAL, prediction_features
+from ml.monitoring.online import online_quality
+from ml.monitoring.run import MonitorResult
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ import pytest
 
 from ml.core.settings import Settings
 from ml.core.warehouse import Warehouse
-from ml.request_logs import RequestLogError, load_request_logs, read_batch, reference_batch
+from ml.monitoring.request_logs import RequestLogError, load_request_logs, read_batch, reference_batch
 
 
 def _line(n: int, endpoint: str = "recommend", version: str = "shopflow_recommender:v1") -> str:
