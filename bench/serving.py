@@ -3,7 +3,7 @@
 For ``recommend`` (known users by id) and ``search`` (short free-text queries), at 1, 8 and 32
 concurrent clients for a fixed time each: p50/p95/p99 latency, requests/s and errors of
 ``bentoml serve serving.service:Recommender`` over loopback HTTP (``serving/loadtest.py``), and,
-in the same run, the throughput of ``serving.logic.ServingModel`` called in-process by as many
+in the same run, the throughput of ``serving.engine.ServingModel`` called in-process by as many
 threads (no HTTP; for search also one caller encoding batches of that size). The ratio
 service/floor is what HTTP, validation and BentoML cost.
 
@@ -70,7 +70,7 @@ def ensure_model(users: int) -> tuple[Any, str, Path, str]:
     """(settings of the store, tag, version folder, where it came from) of the model to serve."""
     from ml import registry
     from ml.core.settings import Settings, get_settings
-    from serving.smoke import register_sample_champion
+    from ml.flows.sample_champion import register_sample_champion
 
     settings = get_settings()
     tag = registry.champion(settings)
@@ -143,7 +143,7 @@ def run_floor(
     seconds: float,
     warmup_s: float,
 ) -> dict[str, Any]:
-    from serving.logic import ServingModel
+    from serving.engine import ServingModel
 
     engine = ServingModel(version_dir, tag=tag, log_dir=work / "floor_logs", work_dir=work)
     engine.warm_up()  # as the service does: known users' vectors precomputed
@@ -211,8 +211,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from ml.core.settings import get_settings
+    from serving.bento import running_server
+    from serving.client import auth_headers
     from serving.loadtest import payloads_for, run_cell
-    from serving.smoke import auth_headers, running_server
 
     info = machine()
     started = time.perf_counter()

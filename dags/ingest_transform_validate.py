@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
@@ -43,22 +43,17 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from ml.core.calendar import grain_cron
 from ml.core.settings import get_settings
-from ml.orchestration import jsonable, publish_summary, resolve_interval, utc_midnight
+from ml.ops.dag_helpers import (
+    context_interval,
+    context_run_id,
+    jsonable,
+    publish_summary,
+    utc_midnight,
+)
 from shopflow_assets import MARTS
 
 DAG_ID = "ingest_transform_validate"
 _settings = get_settings()
-
-
-def _interval() -> tuple[date, date]:
-    context = get_current_context()
-    return resolve_interval(
-        context.get("params"), context.get("data_interval_start"), context.get("data_interval_end")
-    )
-
-
-def _run_id() -> str:
-    return str(get_current_context()["run_id"])
 
 
 @contextmanager
@@ -117,8 +112,8 @@ def ingest_transform_validate() -> None:
         from ml.data.ingest import ingest_interval
 
         with _fail_without_retry():
-            start, end = _interval()
-            summary = ingest_interval(start, end, _run_id())
+            start, end = context_interval()
+            summary = ingest_interval(start, end, context_run_id())
         if not summary.files:
             # Nothing landed for this interval, so the marts would not change: skip the rest
             # rather than rebuild and publish (which would start a pointless training run).
@@ -135,8 +130,8 @@ def ingest_transform_validate() -> None:
         from ml.data.quality.raw import validate_raw as run_validate_raw
 
         with _fail_without_retry(QualityGateError, QualityCheckError):
-            start, end = _interval()
-            report = run_validate_raw(start, end, _run_id())
+            start, end = context_interval()
+            report = run_validate_raw(start, end, context_run_id())
             check_quarantine_gate(report)
         return dict(jsonable(report))
 
@@ -148,7 +143,7 @@ def ingest_transform_validate() -> None:
         from ml.data.transform import dbt_build as run_dbt_build
 
         with _fail_without_retry(DbtBuildError):
-            return dict(jsonable(run_dbt_build(_run_id())))
+            return dict(jsonable(run_dbt_build(context_run_id())))
 
     @task
     def validate_marts() -> dict[str, Any]:
@@ -160,7 +155,7 @@ def ingest_transform_validate() -> None:
         from ml.data.quality.marts import validate_marts as run_validate_marts
 
         with _fail_without_retry(QualityGateError, QualityCheckError):
-            return dict(jsonable(run_validate_marts(_run_id())))
+            return dict(jsonable(run_validate_marts(context_run_id())))
 
     @task(outlets=[MARTS])
     def publish(
@@ -171,8 +166,8 @@ def ingest_transform_validate() -> None:
     ) -> dict[str, Any]:
         """Emit the `shopflow_marts` Asset event; its `extra` records the interval, the rows loaded
         and the dbt/GX run ids, so the training run can name the data it trained on."""
-        start, end = _interval()
-        summary = publish_summary(_run_id(), start, end, ingested, raw_report, built, marts_report)
+        start, end = context_interval()
+        summary = publish_summary(context_run_id(), start, end, ingested, raw_report, built, marts_report)
         get_current_context()["outlet_events"][MARTS].extra = summary
         return summary
 

@@ -38,22 +38,11 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
 
 from ml.core.calendar import grain_cron
 from ml.core.settings import get_settings
-from ml.orchestration import jsonable, resolve_interval, utc_midnight
+from ml.ops.dag_helpers import context_interval, context_run_id, jsonable, utc_midnight
 
 DAG_ID = "monitor_drift"
 TRAIN_DAG = "train_recommender"
 _settings = get_settings()
-
-
-def _interval() -> tuple[Any, Any]:
-    context = get_current_context()
-    return resolve_interval(
-        context.get("params"), context.get("data_interval_start"), context.get("data_interval_end")
-    )
-
-
-def _run_id() -> str:
-    return str(get_current_context()["run_id"])
 
 
 @dag(
@@ -85,15 +74,15 @@ def monitor_drift() -> None:
         """New request log lines → `monitoring.requests` as this run's batch."""
         from ml.monitoring.request_logs import load_request_logs
 
-        return load_request_logs(_run_id()).as_dict()
+        return load_request_logs(context_run_id()).as_dict()
 
     @task
     def compute_reports(loaded: dict[str, Any]) -> dict[str, Any]:
         """Data drift, prediction drift and online quality (`ml.monitoring.run.monitor_interval`)."""
         from ml.monitoring.run import monitor_interval
 
-        start, end = _interval()
-        return dict(jsonable(monitor_interval(start, end, _run_id()).as_dict()))
+        start, end = context_interval()
+        return dict(jsonable(monitor_interval(start, end, context_run_id()).as_dict()))
 
     @task.branch
     def decide(result: dict[str, Any]) -> list[str]:

@@ -33,15 +33,11 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from ml.core.settings import get_settings
-from ml.orchestration import jsonable, utc_midnight
+from ml.ops.dag_helpers import context_run_id, jsonable, utc_midnight
 from shopflow_assets import BENTO, MARTS, MODEL
 
 DAG_ID = "train_recommender"
 _settings = get_settings()
-
-
-def _run_id() -> str:
-    return str(get_current_context()["run_id"])
 
 
 def _overrides() -> dict[str, Any]:
@@ -99,14 +95,14 @@ def train_recommender() -> None:
         skip = publish_skip_reason(get_current_context()["dag_run"].run_type)
         if skip:
             raise AirflowSkipException(skip)
-        return run(_run_id())
+        return run(context_run_id())
 
     @task(queue=_settings.training_queue)
     def train(dataset: dict[str, Any]) -> dict[str, Any]:
         """Fine-tune the challenger on the snapshot (`ml.training.stages.train_challenger`)."""
         from ml.training.stages import train_challenger
 
-        return train_challenger(_run_id(), _overrides())
+        return train_challenger(context_run_id(), _overrides())
 
     @task
     def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +110,7 @@ def train_recommender() -> None:
         (`ml.training.stages.evaluate_challenger`)."""
         from ml.training.stages import evaluate_challenger
 
-        return evaluate_challenger(_run_id(), _overrides())
+        return evaluate_challenger(context_run_id(), _overrides())
 
     @task
     def register(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +118,7 @@ def train_recommender() -> None:
         (`ml.training.stages.register_challenger`)."""
         from ml.training.stages import register_challenger
 
-        return register_challenger(_run_id(), evaluation, _lineage(), _overrides())
+        return register_challenger(context_run_id(), evaluation, _lineage(), _overrides())
 
     @task(outlets=[MODEL])
     def gate(registered: dict[str, Any]) -> dict[str, Any]:
@@ -130,28 +126,29 @@ def train_recommender() -> None:
         (`ml.training.stages.gate_challenger`)."""
         from ml.training.stages import gate_challenger
 
-        decision = gate_challenger(registered["tag"], _run_id())
+        decision = gate_challenger(registered["tag"], context_run_id())
         get_current_context()["outlet_events"][MODEL].extra = dict(jsonable(decision))
         return decision
 
     @task
     def smoke_test(decision: dict[str, Any]) -> dict[str, Any]:
         """Build the challenger's Bento, serve it and query every endpoint
-        (`ml.training.stages.smoke_test_challenger`); skipped when the gate rejected the challenger."""
-        from ml.training.stages import smoke_test_challenger
+        (`ml.flows.train.smoke_test_challenger`); skipped when the gate rejected the challenger."""
+        from ml.flows.train import NotPromotedError, smoke_test_challenger
 
-        if not decision["promoted"]:
-            raise AirflowSkipException(f"not promoted: {decision['reason']}")
-        return smoke_test_challenger(decision["challenger"])
+        try:
+            return smoke_test_challenger(decision)
+        except NotPromotedError as rejected:
+            raise AirflowSkipException(str(rejected)) from None
 
     @task(outlets=[BENTO])
     def promote(decision: dict[str, Any], smoke: dict[str, Any]) -> dict[str, Any]:
-        """Make the challenger the champion (`ml.training.stages.promote_challenger`)."""
-        from ml.training.stages import promote_challenger
+        """Make the challenger the champion (`ml.flows.train.promote_challenger`)."""
+        from ml.flows.train import promote_challenger
 
-        result = promote_challenger(decision["challenger"], decision["reason"])
-        get_current_context()["outlet_events"][BENTO].extra = dict(jsonable({**result, **smoke}))
-        return {**result, "bento": smoke["bento"]}
+        result = promote_challenger(decision, smoke)
+        get_current_context()["outlet_events"][BENTO].extra = dict(jsonable({**smoke, **result}))
+        return result
 
     # At parse time TaskFlow calls return XComArgs that resolve to the dicts at run time.
     decision = gate(register(evaluate(train(build_dataset()))))  # type: ignore[arg-type]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -130,7 +129,7 @@ def validate_marts() -> None:
 def run_interval(start: Day, end: Day) -> None:
     """Ingest → validate raw → dbt build → validate marts for [START, END), in-process (no Airflow)."""
     from ml.data.summary import render, warehouse_summary
-    from ml.pipeline import run_interval as do_run
+    from ml.flows.interval import run_interval as do_run
 
     settings = get_settings()
     try:
@@ -170,7 +169,7 @@ def demo(
     interval with real shoppers' traffic; monitor_drift detects drift and triggers retraining, and
     a promoted challenger's Bento takes over. Ends with a summary."""
     from ml.data.summary import render, warehouse_summary
-    from ml.demo import render_models, render_monitoring, render_runs, run_demo
+    from ml.flows.closed_loop import render_models, render_monitoring, render_runs, run_demo
 
     settings = get_settings()
     settings = settings.model_copy(
@@ -205,42 +204,17 @@ def train(
     rank 0 snapshots the marts, all N train one model with DDP, then rank 0 alone evaluates,
     registers and gates it.
     """
-    from ml.modeling.distributed import continue_alone, process_group
-    from ml.training import stages as training
+    from ml.flows.train import describe, run_training
 
     settings = get_settings()
     if max_users is not None:
         settings = settings.model_copy(update={"train_max_users": max_users})
     extra = json.loads(overrides) if overrides else {}
-    with process_group(training.train_config(settings, extra).device) as dist:
-        run_id = dist.broadcast(_run_id("train"))  # one run folder for all ranks
-        if dist.is_main:
-            dataset = training.build_dataset(run_id, settings)
-            typer.echo(
-                f"dataset: {dataset['users']:,} users, {dataset['items']:,} items, "
-                f"{dataset['interactions']:,} events"
-            )
-        dist.barrier()  # the snapshot is written before any rank reads it
-        trained = training.train_challenger(run_id, extra, settings)
-    if not dist.is_main:
+    outcome = run_training(_run_id("train"), extra, settings, lineage={"reason": "cli"}, echo=typer.echo)
+    if outcome is None:  # a torchrun rank other than 0: rank 0 reports
         return
-    continue_alone()  # the other ranks are done: what follows (baselines too) runs in this process
-    processes = f" x {dist.world_size} processes (DDP)" if dist.enabled else ""
-    typer.echo(
-        f"trained: best epoch {trained['best_epoch']}, "
-        f"{trained['train_seconds']:.0f} s on {trained['device']}{processes}"
-    )
-    evaluation = training.evaluate_challenger(run_id, extra, settings)
-    typer.echo((Path(evaluation["report_dir"]) / "metrics.md").read_text())
-    registered = training.register_challenger(run_id, evaluation, {"reason": "cli"}, extra, settings)
-    decision = training.gate_challenger(registered["tag"], run_id, settings)
-    if decision["promoted"]:
-        smoke = training.smoke_test_challenger(registered["tag"], settings)
-        training.promote_challenger(registered["tag"], decision["reason"], settings)
-        typer.echo(f"{registered['tag']}: PROMOTED (Bento {smoke['bento']} answered) — {decision['reason']}")
-    else:
-        typer.echo(f"{registered['tag']}: rejected — {decision['reason']}")
-    typer.echo(f"report: {evaluation['report_dir']}")
+    typer.echo(describe(outcome))
+    typer.echo(f"report: {outcome.report_dir}")
 
 
 @app.command()

@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ml.core.settings import get_settings
-    from serving.smoke import auth_headers
+    from serving.client import auth_headers
 
     settings = get_settings()
     version_dir = args.model_dir

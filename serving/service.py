@@ -103,7 +103,7 @@ K = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of items to return
 
 def _http_error(error: Exception) -> BentoMLException:
     """The BentoML exception (HTTP status + message) for a ServingError."""
-    from serving.logic import ServingError
+    from serving.engine import ServingError
 
     if isinstance(error, ServingError):
         return BentoMLException(error.message, error_code=_status(error.status))
@@ -175,7 +175,7 @@ async def _unauthorized(send: Any, message: str) -> None:
 
 
 # threads: the sync APIs (search) run in worker threads, where concurrent queries wait to share
-# one encoder pass (serving.logic.QueryCombiner); recommend and similar run on the event loop.
+# one encoder pass (serving.engine.QueryCombiner); recommend and similar run on the event loop.
 # The access log is off: every answered request is already logged, with its latency, by the
 # engine's request log, and BentoML's log line cost a few % of a cached recommendation's CPU.
 @bentoml.service(
@@ -193,7 +193,7 @@ class Recommender:
         import faiss
         import torch
 
-        from serving.logic import ServingModel
+        from serving.engine import ServingModel
 
         # One request is one small sequence pass or one short query encoding: intra-op threads
         # only add hand-offs, and on a small machine they compete with the HTTP loop for cores.
@@ -243,7 +243,7 @@ class Recommender:
         exclude_seen: Annotated[bool, Field(description="Leave the history's items out.")] = True,
     ) -> RecommendResponse:
         """Top-k items for a user id or an explicit recent-items history."""
-        from serving.logic import ServingError
+        from serving.engine import ServingError
 
         try:
             return RecommendResponse(**self.engine.recommend(user_id, recent_items, k, exclude_seen))
@@ -257,7 +257,7 @@ class Recommender:
         k: K = 10,
     ) -> SimilarResponse:
         """Items most similar to an item (404 for an unknown item id)."""
-        from serving.logic import ServingError
+        from serving.engine import ServingError
 
         try:
             return SimilarResponse(**self.engine.similar(item_id, k))
@@ -279,7 +279,7 @@ class Recommender:
         k: K = 10,
     ) -> SearchResponse:
         """Items whose text best matches a free-text query."""
-        from serving.logic import ServingError
+        from serving.engine import ServingError
 
         if not query.strip():
             raise BentoMLException("query is blank: send some words to search for", error_code=_status(400))
@@ -291,7 +291,7 @@ class Recommender:
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=200)
     def search_batch(self, queries: list[SearchQuery]) -> list[SearchResponse]:
         """Several searches; concurrent requests are merged into one encoder batch."""
-        from serving.logic import ServingError
+        from serving.engine import ServingError
 
         try:
             # One encoder pass for the whole (merged) batch; k is per query.

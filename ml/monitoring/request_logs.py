@@ -1,7 +1,7 @@
 """Load the Bento's request log into the warehouse (``monitoring.requests``).
 
 The service appends one JSON line per answered request to ``requests-<UTC day>.jsonl`` under
-``settings.serving_log_dir`` (see ``serving.logic.RequestLog``). Each monitoring run loads the lines
+``settings.serving_log_dir`` (see ``serving.engine.RequestLog``). Each monitoring run loads the lines
 no earlier run has loaded and stamps them with its run id (``batch_id``): that batch is "what was
 served since the last check", the window whose predictions and outcomes the run judges.
 

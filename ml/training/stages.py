@@ -6,7 +6,10 @@ Stages hand over through one run folder, ``<work_dir>/runs/<run id>/``:
     train_challenger→ train/model/ (weights, config, item table), train/history.json
     evaluate_challenger → report/ (metrics.json, metrics.md, loss.png, comparison.png)
     register_challenger → a version in the BentoML model store
-    gate_challenger → the recorded decision; promotes when the challenger wins
+    gate_challenger → the recorded decision (whether the challenger beats the champion)
+
+What follows a winning gate - build and smoke-query the Bento, then promote - is the release in
+``ml.flows.train``: it needs serving, which training never imports.
 
 The snapshot is taken once, so every stage of a run sees the same data even if an ingest run
 rebuilds the marts meanwhile. Each stage returns a small JSON-able dict (Airflow XCom).
@@ -237,20 +240,3 @@ def gate_challenger(tag: str, run_id: str, settings: Settings | None = None) -> 
         champion_value=same_split if rescored.get("tag") == registry.champion(settings) else None,
     )
     return asdict(decision)
-
-
-def smoke_test_challenger(tag: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Build the Bento around the challenger, serve it, query every endpoint (raises on failure)."""
-    from serving.smoke import build_bento, smoke_query
-
-    settings = settings or get_settings()
-    bento = build_bento(tag, settings)
-    return {"bento": bento, **smoke_query(bento, model_tag=tag, settings=settings)}
-
-
-def promote_challenger(tag: str, reason: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Make the challenger the champion (after its gate decision and smoke test passed)."""
-    from ml import registry
-
-    settings = settings or get_settings()
-    return {"champion": registry.promote(tag, settings, reason=reason)}

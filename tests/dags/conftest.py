@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ml.core.settings import PROJECT_DIR, Settings, get_settings
-from ml.orchestration import airflow_env, airflow_executable
+from ml.ops.local_airflow import airflow_env, airflow_executable
 
 DAGS_DIR = PROJECT_DIR / "dags"
 _AIRFLOW_TEST_HOME = Path(tempfile.mkdtemp(prefix="shopflow-airflow-test-"))
@@ -60,7 +60,7 @@ def use_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     Usage: ``use_settings(settings)``; the environment and the cache are restored afterwards.
     """
-    from ml.orchestration import settings_env
+    from ml.ops.local_airflow import settings_env
 
     def apply(settings: Settings) -> Settings:
         for key in [k for k in os.environ if k.startswith("SHOPFLOW_")]:

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from ml.core.settings import PROJECT_DIR, Settings
-from ml.orchestration import AirflowRunError, LocalAirflow
+from ml.ops.local_airflow import AirflowRunError, LocalAirflow
 
 DAG_ID = "ingest_transform_validate"
 START, END = date(2011, 11, 1), date(2011, 11, 3)

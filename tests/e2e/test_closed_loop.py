@@ -121,7 +121,7 @@ def serve_month(settings: Settings, tag: str, users: list[str]) -> None:
     import torch
 
     from ml import registry
-    from serving.logic import ServingModel
+    from serving.engine import ServingModel
 
     # A serving process turns autograd off for good; this is the test process: restore it after.
     grad = torch.is_grad_enabled()
@@ -159,7 +159,7 @@ def _monitor(airflow: Any, interval: tuple[date, date]) -> tuple[str, dict[str, 
 def _run_loop(settings: Settings, champion_overrides: dict[str, Any]) -> dict[str, Any]:
     from ml import registry
     from ml.monitoring.decision import monitoring_runs
-    from ml.orchestration import LocalAirflow
+    from ml.ops.local_airflow import LocalAirflow
 
     month = build_marts(settings)
     champion = register_champion(settings, champion_overrides)

@@ -37,7 +37,7 @@ def test_one_run_on_postgres_warehouse_and_metadata(
 ) -> None:
     from ml.core.warehouse import Warehouse
     from ml.data.replay import replay
-    from ml.orchestration import LocalAirflow
+    from ml.ops.local_airflow import LocalAirflow
 
     metadata_url = airflow_database.replace("postgresql://", "postgresql+psycopg2://", 1)
     settings = Settings(

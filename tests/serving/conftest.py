@@ -38,7 +38,7 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
-    from serving.smoke import register_sample_champion
+    from ml.flows.sample_champion import register_sample_champion
 
     root = tmp_path_factory.mktemp("serving")
     settings = Settings(work_dir=root / "work", data_dir=PROJECT_DIR / "data", pii_salt="test-salt")  # type: ignore[arg-type]

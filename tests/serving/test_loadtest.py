@@ -33,7 +33,7 @@ def test_percentiles_are_in_milliseconds() -> None:
 
 
 def test_a_refused_connection_counts_as_errors_not_a_crash() -> None:
-    from serving.smoke import free_port
+    from ml.core.net import free_port
 
     cell = run_cell(f"http://127.0.0.1:{free_port()}", "search", search_payloads(), 2, 0.3, warmup_s=0)
     assert cell.requests > 0 and cell.errors == cell.requests

@@ -11,7 +11,7 @@ import pytest
 
 from ml.core.pii import user_hash
 from ml.core.settings import Settings
-from serving.logic import ServingError, ServingModel
+from serving.engine import ServingError, ServingModel
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_a_failing_encoder_pass_fails_every_waiter_with_its_error() -> None:
 
     import numpy as np
 
-    from serving.logic import QueryCombiner
+    from serving.engine import QueryCombiner
 
     gate = threading.Event()
     encoding = threading.Event()

@@ -113,8 +113,9 @@ def test_bentoml_serve_answers_every_endpoint(
 def test_a_token_guards_the_real_server_and_clients_send_it(served: Any, service_env: dict[str, str]) -> None:
     """SHOPFLOW_SERVING_API_TOKEN on `bentoml serve`: 401 without it, probes and /metrics open,
     and the load client sends it from the settings."""
+    from serving.bento import running_server
+    from serving.client import auth_headers
     from serving.loadtest import run_cell
-    from serving.smoke import auth_headers, running_server
 
     settings = served.settings.model_copy(update={"serving_api_token": SecretStr("real-server-token")})
     with running_server(settings=settings) as server, httpx.Client(base_url=server.base_url) as http:
@@ -137,7 +138,7 @@ def test_built_bento_passes_the_smoke_query(served: Any, service_env: dict[str, 
     """What the training DAG runs before promotion: build the Bento around a tag, serve it, query it.
 
     With a token configured: the Bento's server gets it and the smoke query sends it."""
-    from serving.smoke import build_bento, smoke_query
+    from serving.bento import build_bento, smoke_query
 
     started = time.monotonic()
     bento = build_bento(served.tag, served.settings)

@@ -9,7 +9,7 @@
    first champion is gated, built into a Bento, smoke-queried and promoted;
 3. serve that Bento (``bentoml serve``) and replay the later period interval by interval: land
    and ingest the interval, send the Bento the traffic of the users who really shopped then
-   (``ml.traffic``), run ``monitor_drift`` for it; when monitoring triggers a
+   (``ml.flows.traffic``), run ``monitor_drift`` for it; when monitoring triggers a
    retraining, wait for it and, if a new champion was promoted, serve its Bento instead;
 4. summarise: runs per DAG, rows per table, models and gate decisions, drift per monitoring run,
    the version serving now and where every report is.
@@ -61,7 +61,7 @@ def run_demo(
     """
     from ml.data.replay import replay
     from ml.data.transform import dbt_docs_generate
-    from ml.orchestration import LocalAirflow
+    from ml.ops.local_airflow import LocalAirflow
 
     settings = settings or get_settings()
     result = DemoResult()
@@ -125,7 +125,7 @@ def run_demo(
 def _champion_bento(airflow: Any, settings: Settings) -> str:
     """The Bento built around the champion (by its promotion's shopflow_bento event), else a new build."""
     from ml import registry
-    from serving.smoke import build_bento
+    from serving.bento import build_bento
 
     champion = registry.champion(settings)
     for event in reversed(airflow.asset_events("shopflow_bento")):
@@ -149,8 +149,8 @@ def _closed_loop(
 
     from ml import registry
     from ml.data.replay import replay
-    from ml.traffic import send_traffic
-    from serving.smoke import running_server
+    from ml.flows.traffic import send_traffic
+    from serving.bento import running_server
 
     intervals = partitions_between(
         start, date.fromisoformat(settings.replay_later_end), settings.partition_grain, limit
@@ -212,7 +212,7 @@ def _ask_version(base_url: str, settings: Settings) -> str | None:
     """The model version that answers a request now (what the live Bento serves)."""
     import httpx
 
-    from serving.smoke import auth_headers
+    from serving.client import auth_headers
 
     answer = httpx.post(
         f"{base_url}/search", json={"query": "shampoo", "k": 1}, headers=auth_headers(settings), timeout=30

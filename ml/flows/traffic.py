@@ -83,7 +83,7 @@ def send_traffic(
     import httpx
     from tqdm import tqdm
 
-    from serving.smoke import auth_headers
+    from serving.client import auth_headers
 
     settings = settings or get_settings()
     shoppers = interval_shoppers(start, end, settings, max_users)

@@ -1,4 +1,4 @@
-"""ml.orchestration without a running Airflow: intervals, XCom JSON, environment, process cleanup,
+"""ml.ops.dag_helpers without a running Airflow: intervals, XCom JSON, environment, process cleanup,
 and the failure report of ``LocalAirflow.wait_for_runs``."""
 
 from __future__ import annotations
@@ -16,18 +16,10 @@ from typing import Any
 
 import pytest
 
-from ml import orchestration
 from ml.core.calendar import grain_cron
 from ml.core.settings import PROJECT_DIR, Settings
-from ml.orchestration import (
-    AirflowRunError,
-    LocalAirflow,
-    airflow_env,
-    jsonable,
-    publish_summary,
-    resolve_interval,
-    settings_env,
-)
+from ml.ops.dag_helpers import jsonable, publish_summary, resolve_interval
+from ml.ops.local_airflow import AirflowRunError, LocalAirflow, _stop_sessions, airflow_env, settings_env
 
 UTC = UTC
 
@@ -228,7 +220,7 @@ def test_stopping_a_session_kills_children_in_other_groups_that_ignore_sigterm()
         assert leader.stdout is not None
         child = int(leader.stdout.readline())
         assert os.getpgid(child) != os.getpgid(leader.pid) and os.getsid(child) == leader.pid
-        orchestration._stop_sessions([leader.pid], grace=1.0)
+        _stop_sessions([leader.pid], grace=1.0)
         leader.wait(timeout=10)
         deadline = time.monotonic() + 5
         while _alive(child) and time.monotonic() < deadline:
