@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ml.core.artifacts import HISTORIES_FILE, METADATA_FILE, read_histories
+from ml.core.artifacts import HISTORIES_FILE, METADATA_FILE, read_histories, run_dir
 from ml.core.pii import user_hash
+from ml.core.settings import Settings
+from ml.modeling.model import load
 
 LOG_DIR_NAME = "serving_logs"
 
@@ -59,9 +61,6 @@ def _find_histories(version_dir: Path, work_dir: Path | None) -> tuple[dict[str,
     if work_dir is not None and meta_file.exists():
         run_id = json.loads(meta_file.read_text()).get("lineage", {}).get("run_id")
         if run_id:
-            from ml.core.artifacts import run_dir
-            from ml.core.settings import Settings
-
             snapshot = run_dir(run_id, Settings(work_dir=work_dir)) / "dataset" / "examples.parquet"
             if snapshot.exists():
                 return read_histories(snapshot), str(snapshot)
@@ -235,8 +234,6 @@ class ServingModel:
         cache_size: int = 50_000,
     ) -> None:
         import torch
-
-        from ml.modeling.model import load
 
         self.version_dir = Path(version_dir)
         self.tag = tag

@@ -31,6 +31,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from ml import registry
+from ml.core.artifacts import HISTORIES_FILE
+from ml.core.settings import get_settings
+from serving.client import auth_headers
+
 MAX_CONCURRENCY = 256
 MAX_SECONDS = 600.0
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -302,8 +307,6 @@ def recommend_payloads(version_dir: Path, n: int = 2000, k: int = 10, seed: int 
     """``/recommend`` bodies for known users of a registered version (its histories.parquet), shuffled."""
     import pandas as pd
 
-    from ml.core.artifacts import HISTORIES_FILE
-
     path = Path(version_dir) / HISTORIES_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: the version has no user histories to draw /recommend users from")
@@ -358,14 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the cells here")
     args = parser.parse_args(argv)
 
-    from ml.core.settings import get_settings
-    from serving.client import auth_headers
-
     settings = get_settings()
     version_dir = args.model_dir
     if version_dir is None and "recommend" in args.endpoint:
-        from ml import registry
-
         tag = registry.champion(settings)
         if tag is None:
             parser.error(f"no champion in {settings.bentoml_home}: pass --model-dir")

@@ -23,6 +23,7 @@ from typing import Any
 
 from ml.core.artifacts import safe_run_id
 from ml.core.settings import Settings, get_settings
+from ml.core.warehouse import duckdb_lock
 
 # Statuses of a run result that make a build fail ("runtime error" is how older dbt spelled error).
 FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
@@ -193,8 +194,6 @@ def _invoke(command: list[str], options: list[str], *, run_id: str, settings: Se
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     }
     from contextlib import nullcontext
-
-    from ml.core.warehouse import duckdb_lock
 
     started = time.perf_counter()
     # dbt opens the DuckDB file itself: it waits for the warehouse lock like every other opener.

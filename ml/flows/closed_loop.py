@@ -22,8 +22,16 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from ml import registry
 from ml.core.calendar import partitions_between
 from ml.core.settings import Settings, get_settings
+from ml.data.replay import replay
+from ml.data.transform import dbt_docs_generate
+from ml.flows.traffic import send_traffic
+from ml.monitoring.decision import monitoring_runs
+from ml.ops.local_airflow import LocalAirflow
+from serving.bento import build_bento, running_server
+from serving.client import auth_headers
 
 INGEST_DAG = "ingest_transform_validate"
 TRAIN_DAG = "train_recommender"
@@ -59,9 +67,6 @@ def run_demo(
             up to ``replay_later_end``).
         traffic_users: shoppers per interval whose traffic is sent to the Bento.
     """
-    from ml.data.replay import replay
-    from ml.data.transform import dbt_docs_generate
-    from ml.ops.local_airflow import LocalAirflow
 
     settings = settings or get_settings()
     result = DemoResult()
@@ -124,8 +129,6 @@ def run_demo(
 
 def _champion_bento(airflow: Any, settings: Settings) -> str:
     """The Bento built around the champion (by its promotion's shopflow_bento event), else a new build."""
-    from ml import registry
-    from serving.bento import build_bento
 
     champion = registry.champion(settings)
     for event in reversed(airflow.asset_events("shopflow_bento")):
@@ -146,11 +149,6 @@ def _closed_loop(
 ) -> None:
     """Serve the champion and replay the later period: traffic → ingest → monitor → (retrain)."""
     from contextlib import ExitStack
-
-    from ml import registry
-    from ml.data.replay import replay
-    from ml.flows.traffic import send_traffic
-    from serving.bento import running_server
 
     intervals = partitions_between(
         start, date.fromisoformat(settings.replay_later_end), settings.partition_grain, limit
@@ -199,7 +197,6 @@ def _closed_loop(
 
 
 def _decision_of(settings: Settings, run_id: str) -> str:
-    from ml.monitoring.decision import monitoring_runs
 
     runs = monitoring_runs(settings)
     row = runs[runs["run_id"] == run_id]
@@ -211,8 +208,6 @@ def _decision_of(settings: Settings, run_id: str) -> str:
 def _ask_version(base_url: str, settings: Settings) -> str | None:
     """The model version that answers a request now (what the live Bento serves)."""
     import httpx
-
-    from serving.client import auth_headers
 
     answer = httpx.post(
         f"{base_url}/search", json={"query": "shampoo", "k": 1}, headers=auth_headers(settings), timeout=30
@@ -237,7 +232,6 @@ def _wait_for_triggered_runs(airflow: Any, dag_id: str, settle: float = 20.0) ->
 
 def render_models(settings: Settings) -> str:
     """Each registered version with its metrics, and the gate decisions in order."""
-    from ml import registry
 
     metric = settings.gate_metric
     champion = registry.champion(settings)
@@ -297,7 +291,6 @@ def render_runs(result: DemoResult) -> str:
 
 def render_monitoring(result: DemoResult, settings: Settings) -> str:
     """Drift per monitoring run, the decision taken, what served each interval, and the reports."""
-    from ml.monitoring.decision import monitoring_runs
 
     lines = ["Monitoring (monitor_drift) per interval", "---------------------------------------"]
     runs = monitoring_runs(settings)

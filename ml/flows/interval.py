@@ -11,6 +11,10 @@ from datetime import date
 from typing import Any
 
 from ml.core.settings import Settings, get_settings
+from ml.data.ingest import ingest_interval
+from ml.data.quality.marts import validate_marts
+from ml.data.quality.raw import check_quarantine_gate, validate_raw
+from ml.data.transform import dbt_build
 
 
 @dataclass
@@ -27,10 +31,6 @@ def run_interval(start: date, end: date, run_id: str, settings: Settings | None 
     Raises whatever stage fails first (ContractError, QualityGateError, DbtBuildError); the
     publish step is simply not reached then.
     """
-    from ml.data.ingest import ingest_interval
-    from ml.data.quality.marts import validate_marts
-    from ml.data.quality.raw import check_quarantine_gate, validate_raw
-    from ml.data.transform import dbt_build
 
     settings = settings or get_settings()
     ingest = ingest_interval(start, end, run_id, settings)

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ml import registry
+from ml.core.artifacts import write_histories
 from ml.core.settings import Settings
+from ml.modeling.config import TrainConfig
+from ml.modeling.datasets import from_frames, shipped_frames
+from ml.modeling.fit import train
 
 # A tiny but real recommender (packaged MiniLM frozen, one sequence layer): trains in seconds on
 # a CPU, so the serving tests and the serving benchmark can make their own champion.
@@ -67,12 +72,6 @@ def register_sample_champion(
     import shutil
 
     import pandas as pd
-
-    from ml import registry
-    from ml.core.artifacts import write_histories
-    from ml.modeling.config import TrainConfig
-    from ml.modeling.datasets import from_frames, shipped_frames
-    from ml.modeling.fit import train
 
     examples, items = shipped_frames(settings.data_dir)
     sample = examples["user_id"].drop_duplicates().sort_values().sample(users, random_state=seed)

@@ -17,6 +17,8 @@ from datetime import date
 from typing import Any
 
 from ml.core.settings import Settings, get_settings
+from ml.core.warehouse import Warehouse
+from serving.client import auth_headers
 
 
 @dataclass
@@ -42,7 +44,6 @@ def interval_shoppers(
     start: date, end: date, settings: Settings, max_users: int, seed: int = 0
 ) -> dict[str, list[str]]:
     """A seeded sample of the users active in ``[start, end)`` → titles of the items they touched."""
-    from ml.core.warehouse import Warehouse
 
     frame = Warehouse(settings).read(
         "select i.user_id, coalesce(d.title, '') as title from marts.fct_interactions i "
@@ -82,8 +83,6 @@ def send_traffic(
     """
     import httpx
     from tqdm import tqdm
-
-    from serving.client import auth_headers
 
     settings = settings or get_settings()
     shoppers = interval_shoppers(start, end, settings, max_users)

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ml.core.catalog import item_texts
+from ml.core.catalog import item_texts, normalize_categories
 from ml.modeling.splits import loo_labels, time_labels
 
 Protocol = Literal["loo", "time"]
@@ -258,7 +258,6 @@ def shipped_frames(
     Histories are ordered by (timestamp, seq_pos): the order of the published S3-Rec split, so
     the leave-one-out targets are the ones the published tables were measured on.
     """
-    from ml.core.catalog import normalize_categories
 
     folder = Path(data_dir) / dataset
     raw = pd.read_parquet(

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ml.core.settings import Settings, get_settings
+from ml.core.warehouse import Warehouse
 from ml.monitoring.run import MonitorResult
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ def decide(
 
 def last_retrain_at(settings: Settings) -> datetime | None:
     """When monitoring last decided to retrain (from ``monitoring.runs``)."""
-    from ml.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings)
     if not warehouse.table_exists("monitoring.runs"):
@@ -69,7 +69,6 @@ def last_retrain_at(settings: Settings) -> datetime | None:
 
 def record_run(result: MonitorResult, decision: Decision, settings: Settings, now: datetime) -> None:
     """Replace this run's row in ``monitoring.runs`` (a rerun overwrites it)."""
-    from ml.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings)
     row = {
@@ -97,7 +96,6 @@ def record_run(result: MonitorResult, decision: Decision, settings: Settings, no
 
 def monitoring_runs(settings: Settings | None = None) -> pd.DataFrame:
     """Every recorded monitoring run, in decision order."""
-    from ml.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings or get_settings())
     if not warehouse.table_exists("monitoring.runs"):

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ml.core.artifacts import REFERENCE_FILE
 from ml.core.settings import Settings
+from ml.core.warehouse import Warehouse
 
 DATA_NUMERICAL = [
     "price",
@@ -47,7 +48,6 @@ def read_interactions(
     ``item_first_ts`` / ``user_first_ts`` are the first interaction of the item / user in the whole
     warehouse (not only the window), so ages and tenures mean the same on both sides of a test.
     """
-    from ml.core.warehouse import Warehouse
 
     source = source or settings.train_source
     lower = "and i.event_ts >= :start " if start is not None else ""
@@ -86,7 +86,6 @@ def _events_in_last_30_days(
     Counted over a trailing window that reaches before ``start``, so the figure does not depend on
     how long the monitored window is.
     """
-    from ml.core.warehouse import Warehouse
 
     if frame.empty:
         return pd.Series(dtype=float)
@@ -147,7 +146,6 @@ def write_reference(package: Path, settings: Settings, until: datetime | None = 
     training source up to ``until`` (default: the latest interaction), sampled to
     ``drift_sample_rows``. Returns the file, or None when the warehouse has no interactions.
     """
-    from ml.core.warehouse import Warehouse
 
     if not Warehouse(settings).table_exists("marts.fct_interactions"):
         return None  # marts not built by dbt (a hand-made training slice): nothing to refer to
@@ -204,7 +202,6 @@ def sample_rows(frame: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
 
 
 def catalog_categories(settings: Settings) -> pd.DataFrame:
-    from ml.core.warehouse import Warehouse
 
     return Warehouse(settings).read(
         "select item_id, coalesce(category_leaf, category_top) as category from marts.dim_items "

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ml.core.pii import user_hash
 from ml.core.settings import Settings
 
 
@@ -32,7 +33,6 @@ def online_quality(
             way the service logs them to match.
         expected: the champion's offline recall@10 (the alarm compares against a share of it).
     """
-    from ml.core.pii import user_hash
 
     served = requests[requests["user_hash"].notna()] if not requests.empty else requests
     if served.empty or outcomes.empty:

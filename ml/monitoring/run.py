@@ -35,8 +35,10 @@ from typing import Any
 
 import pandas as pd
 
+from ml import registry
 from ml.core.artifacts import REFERENCE_FILE, safe_run_id
 from ml.core.settings import Settings, get_settings
+from ml.monitoring import request_logs
 from ml.monitoring.drift import DriftCheck, add_to_workspace, drift_report
 from ml.monitoring.features import (
     DATA_CATEGORICAL,
@@ -106,7 +108,6 @@ class MonitorResult:
 
 
 def _champion(settings: Settings) -> Any:
-    from ml import registry
 
     tag = registry.champion(settings)
     return registry.get(tag, settings) if tag else None
@@ -132,7 +133,6 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
     Expects this run's request log batch to be loaded (``ml.monitoring.request_logs.load_request_logs``
     with ``batch_id=run_id``) and the interval's interactions to be in the marts.
     """
-    from ml.monitoring import request_logs
 
     settings = settings or get_settings()
     folder = settings.reports_dir / "monitoring" / safe_run_id(run_id)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ml.core.artifacts import DATASET, run_dir
 from ml.core.settings import Settings, get_settings
+from ml.core.warehouse import Warehouse
 from ml.modeling.datasets import TrainingData, from_frames
 
 
@@ -18,7 +19,6 @@ def read_training_frames(
 
     ``marts.fct_training_examples`` gives the examples, ``marts.dim_items`` the items.
     """
-    from ml.core.warehouse import Warehouse
 
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
@@ -45,8 +45,6 @@ def load_training_data(settings: Settings | None = None, source: str = "beauty")
 def load_snapshot(run_id: str, settings: Settings) -> Any:
     import pandas as pd
 
-    from ml.modeling.datasets import from_frames
-
     folder = run_dir(run_id, settings) / DATASET
     return from_frames(
         pd.read_parquet(folder / "examples.parquet"), pd.read_parquet(folder / "items.parquet")
@@ -55,7 +53,6 @@ def load_snapshot(run_id: str, settings: Settings) -> Any:
 
 def build_dataset(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """Snapshot the training marts of ``settings.train_source`` (optionally a user slice)."""
-    from ml.training.snapshot import read_training_frames
 
     settings = settings or get_settings()
     examples, items = read_training_frames(settings, settings.train_source)

@@ -22,8 +22,16 @@ import subprocess
 from datetime import timedelta
 from typing import Any
 
-from ml.core.artifacts import DATASET, REPORT, TRAIN, run_dir
+from ml import registry
+from ml.core.artifacts import DATASET, REPORT, TRAIN, run_dir, write_histories
 from ml.core.settings import PROJECT_DIR, Settings, get_settings
+from ml.modeling.baselines import evaluate_baselines
+from ml.modeling.config import TrainConfig
+from ml.modeling.evaluate import evaluate
+from ml.modeling.fit import train
+from ml.modeling.model import load
+from ml.monitoring.features import write_reference
+from ml.training.report import write_run_report
 from ml.training.snapshot import load_snapshot
 
 
@@ -45,7 +53,6 @@ def git_sha() -> str | None:
 
 def train_config(settings: Settings, overrides: dict[str, Any] | None = None) -> Any:
     """TrainConfig from settings.train_overrides, then the run's own overrides."""
-    from ml.modeling.config import TrainConfig
 
     values = {
         "cache_dir": settings.work_dir / "cache",
@@ -86,9 +93,6 @@ class _AlignedScorer:
 
 def _evaluate_champion(data: Any, protocol: str, settings: Settings) -> dict[str, Any] | None:
     """Champion's validation and test metrics on this run's split (None before the first champion)."""
-    from ml import registry
-    from ml.modeling.evaluate import evaluate
-    from ml.modeling.model import load
 
     tag = registry.champion(settings)
     if tag is None:
@@ -111,7 +115,6 @@ def publish_skip_reason(run_type: Any, settings: Settings | None = None) -> str 
         run_type: the run's type: a ``DagRunType`` (the Task SDK's enum has no ``__str__``, so
             its ``value`` is compared) or its string value.
     """
-    from ml import registry
 
     settings = settings or get_settings()
     kind = getattr(run_type, "value", run_type)
@@ -130,7 +133,6 @@ def train_challenger(
     run_id: str, overrides: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> dict[str, Any]:
     """Fine-tune the recommender on the run's snapshot (resumes from its checkpoint on retry)."""
-    from ml.modeling.fit import train
 
     settings = settings or get_settings()
     config = train_config(settings, overrides)
@@ -149,10 +151,6 @@ def evaluate_challenger(
     run_id: str, overrides: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> dict[str, Any]:
     """Test and validation metrics of the challenger and of the baselines, same split; the run report."""
-    from ml.modeling.baselines import evaluate_baselines
-    from ml.modeling.evaluate import evaluate
-    from ml.modeling.model import load
-    from ml.training.report import write_run_report
 
     settings = settings or get_settings()
     folder = run_dir(run_id, settings)
@@ -194,8 +192,6 @@ def register_challenger(
     """Save model + report in the BentoML model store with metrics, config and lineage."""
     import shutil
 
-    from ml import registry
-
     settings = settings or get_settings()
     folder = run_dir(run_id, settings)
     package = folder / "package"
@@ -203,9 +199,6 @@ def register_challenger(
     shutil.copytree(folder / TRAIN / "model", package / "model")
     shutil.copytree(folder / REPORT, package / "report")
     import pandas as pd
-
-    from ml.core.artifacts import write_histories
-    from ml.monitoring.features import write_reference
 
     examples = pd.read_parquet(folder / DATASET / "examples.parquet")
     # The served Bento looks users up by the histories the model was trained on.
@@ -226,8 +219,6 @@ def register_challenger(
 def gate_challenger(tag: str, run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """Record whether the challenger beats the champion by the margin (promotes nothing)."""
     from dataclasses import asdict
-
-    from ml import registry
 
     settings = settings or get_settings()
     # The champion re-scored on this run's split, recorded at registration (same cases).
