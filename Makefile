@@ -41,9 +41,10 @@ serve: $(STAMP)  ## serve the current champion (after make demo) on http://127.0
 	BENTOML_HOME=$(SHOPFLOW_WORK_DIR)/bentoml SHOPFLOW_WORK_DIR=$(SHOPFLOW_WORK_DIR) HF_HUB_OFFLINE=1 \
 		$(BIN)/bentoml serve serving.service:Recommender --host 127.0.0.1 --port $(PORT)
 
-lint: $(STAMP)  ## ruff + mypy
+lint: $(STAMP)  ## ruff + mypy + the one-way import contracts (.importlinter)
 	$(BIN)/ruff check .
 	$(BIN)/mypy ml expectations serving dags
+	$(BIN)/lint-imports
 
 test: lint  ## the quick test gate (CI): lint, type check, tests not marked slow
 	$(BIN)/pytest -q
