@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from ml.core.calendar import check_grain
 from ml.core.settings import get_settings
 
 app = typer.Typer(
@@ -56,7 +57,7 @@ def replay(
         get_settings(),
         start=start.date() if start else None,
         end=end.date() if end else None,
-        grain=grain,
+        grain=check_grain(grain) if grain else None,
         sources=source,
     )
     typer.echo(f"landed {len(files)} partition files under {get_settings().landing_dir}")

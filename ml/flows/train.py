@@ -15,7 +15,7 @@ from typing import Any
 from ml import registry
 from ml.core.settings import Settings, get_settings
 from ml.modeling.distributed import continue_alone, process_group
-from ml.training import stages
+from ml.training import snapshot, stages
 from serving.bento import build_bento, smoke_query
 
 
@@ -87,7 +87,7 @@ def run_training(
         run_id = dist.broadcast(run_id)  # one run folder for all ranks
         dataset: dict[str, Any] = {}
         if dist.is_main:
-            dataset = stages.build_dataset(run_id, settings)
+            dataset = snapshot.build_dataset(run_id, settings)
             echo(
                 f"dataset: {dataset['users']:,} users, {dataset['items']:,} items, "
                 f"{dataset['interactions']:,} events"
