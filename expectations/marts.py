@@ -18,10 +18,11 @@ import great_expectations.expectations as gxe
 from great_expectations.expectations.row_conditions import Column
 
 from expectations._rules import rule
+from ml.core.catalog import price_bucket_labels
 
 SCHEMA = "marts"
 SPLITS = ["train", "validation", "test"]
-PRICE_BUCKETS = ["unknown", "under 5", "5-10", "10-25", "25-50", "50-100", "100+"]
+PRICE_BUCKETS = price_bucket_labels()  # the bands are ml.core.catalog's (dbt gets them as a var)
 
 
 def latest_partition_end_parameter(source: str) -> str:

@@ -31,6 +31,12 @@ def price_bucket(price: float | None) -> str:
     return f"{PRICE_BANDS[-1]}+"
 
 
+def price_bucket_labels() -> list[str]:
+    """Every value ``price_bucket`` can take, in band order (``unknown`` first)."""
+    lower = [None, *PRICE_BANDS]
+    return ["unknown", *(price_bucket(float(b if b is not None else 0)) for b in lower)]
+
+
 def item_text(
     item_id: str,
     title: str | None = None,

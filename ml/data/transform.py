@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.core.artifacts import safe_run_id
+from ml.core.catalog import PRICE_BANDS
 from ml.core.settings import Settings, get_settings
 from ml.core.warehouse import duckdb_lock
 
@@ -123,7 +124,12 @@ def dbt_build(
         DbtBuildError: If dbt fails; the message names every failing model and test.
     """
     settings = settings or get_settings()
-    build_vars: dict[str, Any] = {"run_id": run_id, "max_basket_lines": settings.max_basket_lines}
+    build_vars: dict[str, Any] = {
+        "run_id": run_id,
+        "max_basket_lines": settings.max_basket_lines,
+        # The bands have one owner (ml.core.catalog); dbt_project.yml's default is for hand runs.
+        "price_bands": list(PRICE_BANDS),
+    }
     build_vars.update(vars or {})
     options = ["--vars", json.dumps(build_vars)]
     if select:
