@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 SHOPFLOW_WORK_DIR ?= $(CURDIR)/.shopflow
 PORT ?= 3000
 
-.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput bench-drift bench-serving clean
+.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput bench-drift bench-serving bench-pii clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ bench-train_throughput: $(STAMP)  ## samples/s and tokens/s of fine-tuning (froz
 
 bench-serving: $(STAMP)  ## the Bento under load (1/8/32 clients, recommend + search) vs the in-process call
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serving.py
+
+bench-pii: $(STAMP)  ## PII scrubber: phone false positives on real catalog/review text, recall on labelled PII, old vs new
+	$(BIN)/python bench/pii.py
 
 clean:  ## remove run outputs (.shopflow/); keeps .venv
 	rm -rf .shopflow dbt/target dbt/logs

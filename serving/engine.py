@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ml.core.artifacts import HISTORIES_FILE, METADATA_FILE, read_histories, run_dir
-from ml.core.pii import user_hash
+from ml.core.pii import scrub, user_hash
 from ml.core.settings import Settings
 from ml.modeling.model import load
 
@@ -451,7 +451,8 @@ class ServingModel:
             "query": query,
             "items": [self._hit(j, s).__dict__ for j, s in found],
         }
-        self._log("search", started, response, request={"query": query, "k": k})
+        # The log keeps what was searched for, not who: e-mails and phone numbers are scrubbed.
+        self._log("search", started, response, request={"query": scrub(query), "k": k})
         return response
 
     def search_many(self, queries: Sequence[str], k: int = 10) -> list[dict[str, Any]]:

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
         description="Salt for hashing user ids at ingest. Required in production; the embedded "
         "default keeps a random one in <work_dir>/pii_salt so reruns hash identically.",
     )
+    pii_phone_regions: list[str] = Field(
+        default_factory=lambda: ["US", "GB"],
+        min_length=1,
+        description="Regions (ISO 3166 codes) whose national phone formats the text scrubber "
+        'recognises, e.g. ["US"]; numbers written with +<country code> are found whatever '
+        "these are. Default: the shipped data's shops, Amazon US and a UK retailer (JSON in the "
+        "environment).",
+    )
 
     sources: dict[str, SourceKind] = Field(
         default_factory=lambda: dict[str, SourceKind](beauty="catalog", retail="invoice_lines"),

@@ -7,7 +7,9 @@ Rerunning an interval therefore changes nothing, and a bad file writes nothing a
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -25,6 +27,7 @@ LANDING_SUFFIXES = (".parquet", ".csv")
 PARTITION_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})$")
 FREE_TEXT = {"review_text", "title", "description"}
 HASHED_IDS = {"user_id", "customer_id"}
+log = logging.getLogger(__name__)
 
 
 class ContractError(ValueError):
@@ -47,6 +50,8 @@ class FileLoad:
     partition: date
     file: str
     rows: int
+    scrubbed: dict[str, int] = field(default_factory=dict)
+    """Free-text values the PII scrubber changed, per column (only columns with changes)."""
 
 
 @dataclass
@@ -62,6 +67,16 @@ class IngestSummary:
         for load in self.files:
             key = f"{load.source}.{load.table}"
             totals[key] = totals.get(key, 0) + load.rows
+        return totals
+
+    @property
+    def scrubbed_by_column(self) -> dict[str, int]:
+        """Values the PII scrubber changed, per ``source.table.column`` (columns with changes)."""
+        totals: dict[str, int] = {}
+        for load in self.files:
+            for column, changed in load.scrubbed.items():
+                key = f"{load.source}.{load.table}.{column}"
+                totals[key] = totals.get(key, 0) + changed
         return totals
 
 
@@ -175,14 +190,23 @@ def to_raw(
     run_id: str,
     salt: str,
     loaded_at: datetime,
+    phone_regions: Sequence[str] | None = None,
+    scrubbed: dict[str, int] | None = None,
 ) -> pd.DataFrame:
-    """Hash ids, scrub text, rename to raw columns and add the lineage columns."""
+    """Hash ids, scrub text, rename to raw columns and add the lineage columns.
+
+    ``phone_regions`` go to the scrubber (None: the setting); ``scrubbed``, when given, receives
+    the number of values the scrubber changed per free-text column (columns with changes).
+    """
     out = frame.copy()
     for name in out.columns:
         if name in HASHED_IDS:
             out[name] = pii.hash_ids(out[name], salt)
         elif name in FREE_TEXT:
-            out[name] = pii.scrub_text(out[name])
+            out[name] = pii.scrub_text(frame[name], phone_regions)
+            changed = pii.changed_count(frame[name], out[name])
+            if changed and scrubbed is not None:
+                scrubbed[name] = changed
     if "categories" in out.columns:
         out["categories"] = normalize_categories(out["categories"])
     if "event_type" in out.columns:
@@ -228,6 +252,7 @@ def ingest_interval(start: date, end: date, run_id: str, settings: Settings | No
             ):
                 relative = str(path.relative_to(settings.landing_dir))
                 frame = read_landing_file(path, contract)
+                scrubbed: dict[str, int] = {}
                 raw = to_raw(
                     frame,
                     contract,
@@ -237,10 +262,13 @@ def ingest_interval(start: date, end: date, run_id: str, settings: Settings | No
                     run_id=run_id,
                     salt=salt,
                     loaded_at=loaded_at,
+                    phone_regions=settings.pii_phone_regions,
+                    scrubbed=scrubbed,
                 )
-                prepared.append(
-                    (contract.table, raw, FileLoad(source, contract.table, day, relative, len(raw)))
-                )
+                if scrubbed:
+                    log.warning("PII scrubbed in %s (values changed per column): %s", relative, scrubbed)
+                load = FileLoad(source, contract.table, day, relative, len(raw), scrubbed)
+                prepared.append((contract.table, raw, load))
 
     if not prepared:
         return summary
