@@ -50,6 +50,8 @@ test: lint  ## the quick test gate (CI): lint, type check, tests not marked slow
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP)  ## the long runs: full data, real-scheduler loops
+	@# Headless Chromium renders the Data Docs offline (tests/data/test_data_docs_offline.py; skipped without it)
+	-@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1
 	$(BIN)/pytest -q -m slow
 
 bench-data_pipeline: $(STAMP)  ## ingest + dbt + GX on the full Online Retail II, DuckDB vs PostgreSQL

@@ -4,7 +4,8 @@ GX validates pandas DataFrames read from the warehouse, not the warehouse throug
 GX 1.24's SQL path is broken on DuckDB (every expectation fails with "list index out of range"),
 and one code path serves DuckDB and PostgreSQL alike. The GX project is a file context under
 ``settings.gx_dir``: suites, checkpoints and validation results persist there and the Data Docs
-site (``<gx_dir>/gx/uncommitted/data_docs/local_site/index.html``) shows every run.
+site (``<gx_dir>/gx/uncommitted/data_docs/local_site/index.html``) shows every run, and opens
+offline (``docs_offline``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from expectations._rules import rule_name
 from ml.core import schemas
 from ml.core.settings import Settings, get_settings
+from ml.data.quality.docs_offline import make_data_docs_offline
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -150,6 +152,9 @@ def run_checkpoint(
         expectation_parameters=parameters or {},
         run_id=RunIdentifier(run_name=run_id, run_time=datetime.now().astimezone()),
     )
+    site = data_docs_index(context)
+    if site is not None:  # GX's pages load their CSS/JS from CDNs: point them at vendored copies
+        make_data_docs_offline(site.parent)
     ((key, result),) = outcome.run_results.items()
     for expectation_result in result.results:
         info = expectation_result.exception_info or {}
