@@ -77,7 +77,7 @@ def monitor_drift() -> None:
         return load_request_logs(context_run_id()).as_dict()
 
     @task
-    def compute_reports(loaded: dict[str, Any]) -> dict[str, Any]:
+    def compute_reports(loaded: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG001 (orders the tasks)
         """Data drift, prediction drift and online quality (`ml.monitoring.run.monitor_interval`)."""
         from ml.monitoring.run import monitor_interval
 

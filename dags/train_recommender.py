@@ -98,14 +98,14 @@ def train_recommender() -> None:
         return run(context_run_id())
 
     @task(queue=_settings.training_queue)
-    def train(dataset: dict[str, Any]) -> dict[str, Any]:
+    def train(dataset: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG001 (orders the tasks)
         """Fine-tune the challenger on the snapshot (`ml.training.stages.train_challenger`)."""
         from ml.training.stages import train_challenger
 
         return train_challenger(context_run_id(), _overrides())
 
     @task
-    def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(trained: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG001 (orders the tasks)
         """Challenger and baselines on the same split; the run report
         (`ml.training.stages.evaluate_challenger`)."""
         from ml.training.stages import evaluate_challenger

@@ -69,7 +69,7 @@ def _not_empty(table: str) -> gxe.Expectation:
     )
 
 
-def _events_not_after_landed_data(table: str, column: str, sources: Iterable[str]) -> list[gxe.Expectation]:
+def _events_not_after_landed_data(column: str, sources: Iterable[str]) -> list[gxe.Expectation]:
     return [
         rule(
             gxe.ExpectColumnValuesToBeBetween,
@@ -118,7 +118,7 @@ def fct_interactions_suite(sources: Iterable[str] = ()) -> gx.ExpectationSuite:
                 min_value=0,
                 max_value=5,
             ),
-            *_events_not_after_landed_data(t, "event_ts", sources),
+            *_events_not_after_landed_data("event_ts", sources),
         ],
     )
 

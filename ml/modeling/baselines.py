@@ -124,9 +124,7 @@ def train_sasrec(
     data: TrainingData, config: TrainConfig | None = None, out_dir: Path | str = "sasrec"
 ) -> TrainResult:
     """SASRec (ID-only): the same user encoder and loss as the recommender, without text."""
-    config = (config or TrainConfig()).model_copy(
-        update={"use_text": False, "use_id_embedding": True, "mode": "frozen"}
-    )
+    config = (config or TrainConfig()).override(use_text=False, use_id_embedding=True, mode="frozen")
     return train(data, config, out_dir)
 
 
@@ -171,7 +169,7 @@ def evaluate_baselines(
         elif name == "item_knn":
             model, _ = tune_item_knn(data, protocol)
         elif name == "sasrec":
-            config = (sasrec or TrainConfig()).model_copy(update={"protocol": protocol})
+            config = (sasrec or TrainConfig()).override(protocol=protocol)
             model = train_sasrec(data, config, Path(out_dir) / "sasrec").model
         else:
             raise ValueError(f"unknown baseline {name!r} (popularity, item_knn, sasrec)")

@@ -6,32 +6,33 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ml.modeling.datasets import Protocol
-from ml.modeling.model import DEFAULT_ENCODER, ModelConfig, Recommender
+from ml.modeling.model import ModelConfig, Recommender
 
 
 class TrainConfig(BaseModel):
-    """Hyperparameters of one training run (overrides by keyword: ``TrainConfig(epochs=5)``)."""
+    """Hyperparameters of one training run (overrides by keyword: ``TrainConfig(epochs=5)``).
+
+    The architecture is a :class:`ModelConfig` (declared once, saved beside the weights); its
+    fields may also be given flat, as people write overrides (``TrainConfig(hidden=32)``,
+    ``{"use_text": false}`` in a run's JSON), and land in ``model``.
+    """
+
+    # A mistyped override (``hiden=32``) is an error that names it, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="Architecture of the recommender (text_dim and num_items are set from the data).",
+    )
 
     mode: Literal["frozen", "lora", "full"] = Field(
         "frozen", description="Encoder fine-tuning level: frozen (cached embeddings), lora (peft), full."
     )
-    encoder: str = Field(
-        DEFAULT_ENCODER, description="Hugging Face checkpoint name or local path of the text encoder."
-    )
-    use_text: bool = Field(True, description="Represent items by their text; False trains SASRec (ID-only).")
-    use_id_embedding: bool = Field(True, description="Add a learned ID embedding for items seen in training.")
-    max_text_tokens: int = Field(64, description="Item texts are truncated to this many tokens.")
-    max_len: int = Field(50, description="Most recent history items the user encoder reads.")
-    hidden: int = Field(64, description="Width of item and user representations.")
-    layers: int = Field(2, description="Transformer blocks of the user encoder.")
-    heads: int = Field(2, description="Attention heads per block.")
-    ff_mult: int = Field(1, description="Feed-forward width as a multiple of hidden (SASRec: 1).")
-    dropout: float = Field(0.5, description="Dropout on embeddings, attention and feed-forward.")
     lr: float = Field(3e-3, description="AdamW learning rate of the recommender (not the encoder).")
     encoder_lr: float = Field(5e-5, description="AdamW learning rate of the encoder (lora / full modes).")
     weight_decay: float = Field(0.0, description="AdamW weight decay.")
@@ -70,22 +71,27 @@ class TrainConfig(BaseModel):
     resume: bool = Field(True, description="Continue from out_dir's checkpoint when its config matches.")
     progress: bool = Field(True, description="Show tqdm progress bars (hidden when not a terminal).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _architecture_given_flat(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        flat = {k: values[k] for k in values if k in ModelConfig.model_fields and k not in cls.model_fields}
+        if not flat:
+            return values
+        model = values.get("model") or {}
+        if isinstance(model, ModelConfig):
+            model = model.model_dump()
+        rest = {k: v for k, v in values.items() if k not in flat}
+        return {**rest, "model": {**model, **flat}}
+
+    def override(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes`` (architecture fields flat or under ``model``)."""
+        return TrainConfig.model_validate({**self.model_dump(), **changes})
+
     def architecture(self, num_items: int, text_dim: int) -> ModelConfig:
-        """The architecture part of this config."""
-        return ModelConfig(
-            encoder=self.encoder,
-            use_text=self.use_text,
-            use_id_embedding=self.use_id_embedding,
-            text_dim=text_dim,
-            max_text_tokens=self.max_text_tokens,
-            max_len=self.max_len,
-            hidden=self.hidden,
-            layers=self.layers,
-            heads=self.heads,
-            ff_mult=self.ff_mult,
-            dropout=self.dropout,
-            num_items=num_items,
-        )
+        """The model's architecture for a catalog of ``num_items`` and an encoder of ``text_dim``."""
+        return self.model.model_copy(update={"num_items": num_items, "text_dim": text_dim})
 
     def fingerprint(self) -> str:
         """A digest of what changes the result (not epochs, patience, progress or resume)."""

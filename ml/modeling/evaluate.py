@@ -143,7 +143,7 @@ def rank_full_catalog(
     # A target scored -inf (an excluded or impossible item) is ranked behind the whole catalog.
     ranks = ahead.sum(axis=1) + 1
     ranks[~np.isfinite(target_scores)] = scores.shape[1]
-    return ranks.astype(np.int64)
+    return np.asarray(ranks, dtype=np.int64)
 
 
 def top_k(scores: np.ndarray, k: int, exclude: Histories | None = None) -> np.ndarray:

@@ -105,8 +105,8 @@ class Trainer:
         encoder: TextEncoder | None = None
         text_emb: torch.Tensor | None = None
         text_dim = 0
-        if config.use_text:
-            encoder = TextEncoder(config.encoder, config.max_text_tokens)
+        if config.model.use_text:
+            encoder = TextEncoder(config.model.encoder, config.model.max_text_tokens)
             if text_embeddings is not None:
                 text_emb = text_embeddings
             else:
@@ -157,7 +157,7 @@ class Trainer:
         )
         self.autocast = self.device.type == "cuda"
         # Long histories are cut into windows once; every window has at least one target.
-        self.sequences = list(windows(data.train_sequences(config.protocol), config.max_len))
+        self.sequences = list(windows(data.train_sequences(config.protocol), config.model.max_len))
         self._ddp: nn.Module | None = None
 
     def distribute(self) -> None:
@@ -189,7 +189,7 @@ class Trainer:
 
     def batches(self) -> Iterator[Batch]:
         """One epoch of batches (this rank's share of them under torchrun)."""
-        it = make_batches(self.sequences, self.config.batch_size, self.config.max_len, self.rng)
+        it = make_batches(self.sequences, self.config.batch_size, self.config.model.max_len, self.rng)
         if self.dist.enabled:
             # Every rank draws the same shuffled batches (same seed, same epoch) and takes every
             # world_size-th, like DistributedSampler; equal counts keep DDP's all-reduces paired.
@@ -354,7 +354,7 @@ def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed
     started = time.perf_counter()
     if not dist.is_main:
         dist.barrier()  # rank 0 encodes the catalog into the shared cache first; the others read it
-    trainer = Trainer(data, config, cache_dir=cache_dir if config.use_text else None, dist=dist)
+    trainer = Trainer(data, config, cache_dir=cache_dir if config.model.use_text else None, dist=dist)
     if dist.is_main:
         dist.barrier()
     model = trainer.model
@@ -444,7 +444,7 @@ def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed
                 "train_config": config.model_dump(mode="json"),
                 "best_epoch": best_epoch,
                 "best_val_ndcg@10": best_metric,
-                "encoder_path": resolve_encoder(config.encoder) if config.use_text else None,
+                "encoder_path": resolve_encoder(config.model.encoder) if config.model.use_text else None,
                 **({"world_size": dist.world_size} if dist.enabled else {}),
             },
         )

@@ -89,7 +89,8 @@ class TextEncoder(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        device: torch.device = next(self.model.parameters()).device
+        return device
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids padded to the longest text of this batch (not to max_tokens)."""
@@ -100,7 +101,7 @@ class TextEncoder(nn.Module):
 
     def pool(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean of the token states under the attention mask (differentiable)."""
-        states = self.model(**batch).last_hidden_state
+        states: torch.Tensor = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
         return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
@@ -159,7 +160,8 @@ class _Block(nn.Module):
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
         x = x + self.drop(self.out(attn.transpose(1, 2).reshape(b, length, h)))
-        return x + self.drop(self.ff(self.norm2(x)))
+        out: torch.Tensor = x + self.drop(self.ff(self.norm2(x)))
+        return out
 
 
 class Recommender(nn.Module):
@@ -264,7 +266,8 @@ class Recommender(nn.Module):
             ids = self.id_embedding(idx) * self.warm[idx].unsqueeze(-1).to(self.id_embedding.weight.dtype)
             rep = ids if rep is None else rep + ids
         assert rep is not None
-        return rep * (idx != 0).unsqueeze(-1).to(rep.dtype)
+        masked: torch.Tensor = rep * (idx != 0).unsqueeze(-1).to(rep.dtype)
+        return masked
 
     def encode_sequences(self, reps: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """Hidden state at every position of left-padded sequences.
@@ -287,7 +290,8 @@ class Recommender(nn.Module):
         mask = allowed.unsqueeze(1)
         for block in self.blocks:
             x = block(x, mask)
-        return self.norm(x)
+        normed: torch.Tensor = self.norm(x)
+        return normed
 
     def pad_histories(self, histories: Sequence[Sequence[int] | np.ndarray]) -> torch.Tensor:
         """Left-pad the last ``max_len`` items of each history to the longest in the batch."""

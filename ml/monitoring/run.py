@@ -113,7 +113,7 @@ def _champion(settings: Settings) -> Any:
     return registry.get(tag, settings) if tag else None
 
 
-def _reference_features(version: Any, settings: Settings) -> pd.DataFrame | None:
+def _reference_features(version: Any) -> pd.DataFrame | None:
     path = Path(version.path) / REFERENCE_FILE
     return pd.read_parquet(path) if path.exists() else None
 
@@ -149,7 +149,7 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
 
     raw = read_interactions(settings, start, end)
     current = interaction_features(raw)
-    reference = _reference_features(version, settings)
+    reference = _reference_features(version)
     if current.empty:
         result.notes.append(f"no interactions in [{start}, {end}): data drift not computed")
     elif reference is None:

@@ -163,9 +163,9 @@ def evaluate_challenger(
         "train_seconds": sum(h.get("seconds", 0.0) for h in history),
     }
     validation = evaluate(model, data, "validation", config.protocol)
-    sasrec = config.model_copy(update={"cache_dir": config.cache_dir})
+
     baselines = evaluate_baselines(
-        data, "test", config.protocol, folder / "baselines", sasrec=sasrec, include=settings.baselines
+        data, "test", config.protocol, folder / "baselines", sasrec=config, include=settings.baselines
     )
     champion = _evaluate_champion(data, config.protocol, settings)
     models = {"shopflow": ours, **({"champion": champion["test"]} if champion else {}), **baselines}

@@ -283,7 +283,11 @@ def test_a_failed_run_names_its_failed_tasks_and_their_logs(
             ]
         },
     }
-    monkeypatch.setattr(airflow, "api", lambda method, path, body=None, params=None: answers[path])
+
+    def api(method, path, body=None, params=None):  # LocalAirflow.api's signature
+        return answers[path]
+
+    monkeypatch.setattr(airflow, "api", api)
     with pytest.raises(AirflowRunError) as caught:
         airflow.wait_for_runs("d", timeout=5, poll=0.01)
     message = str(caught.value)

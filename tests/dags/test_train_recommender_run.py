@@ -76,7 +76,7 @@ def test_train_dag_promotes_a_first_model_and_rejects_a_weaker_one(
 
     version = registry.get(champion, train_settings)
     assert version.metadata["lineage"]["reason"] == "first model"
-    assert version.metadata["config"]["hidden"] == 32
+    assert version.metadata["config"]["model"]["hidden"] == 32
     report = json.loads((version.path / "report" / "metrics.json").read_text())
     assert set(report["models"]) == {"shopflow", "popularity", "item_knn"}
     assert (version.path / "report" / "comparison.png").stat().st_size > 5_000
