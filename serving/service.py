@@ -11,6 +11,11 @@ Endpoints (all POST, JSON): ``/recommend``, ``/similar``, ``/search``, ``/search
 ``/readyz``, ``/metrics`` and ``/docs.json`` (OpenAPI). Every answered request is logged as a
 JSON line under ``<work_dir>/serving_logs/`` for the monitoring DAG.
 
+The OpenAPI document is a contract, checked by schemathesis (all checks) in the test gate: the
+request models declare every limit the service enforces, and :class:`ContractMiddleware` keeps
+what BentoML 1.4 cannot declare or gets wrong (required bodies, error statuses and their one body
+``{"error": <message>}``, a 1 MiB body cap, JSON only).
+
 With ``SHOPFLOW_SERVING_API_TOKEN`` set, every endpoint but the probes (``/livez``, ``/healthz``,
 ``/readyz``, ``/metrics``) needs ``Authorization: Bearer <token>`` and answers 401 otherwise.
 """
@@ -22,12 +27,14 @@ import hmac
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic.json_schema import JsonDict
 
 from ml.core.settings import get_settings
 from ml.registry import MODEL_NAME, champion
@@ -38,6 +45,15 @@ MAX_K = 100
 MAX_HISTORY = 200
 MAX_QUERY_CHARS = 512
 MAX_BATCH = 64
+MAX_ID_CHARS = 128
+MAX_BODY_BYTES = 1 << 20
+"""Request bodies above this are refused (413) before they are read: the largest valid request
+(64 queries of 512 characters, or 200 item ids, JSON-escaped) is well under it."""
+NOT_BLANK = r"[^ \t\n\r\f\v]"
+r"""A query must contain a character other than ASCII white space. Spelled out rather than ``\S``
+because pydantic (Rust regex) and JSON Schema validators (Python ``re``) disagree on what ``\s``
+matches, and the document must accept exactly what the service accepts."""
+NEEDS_HISTORY = "give a user_id or a non-empty recent_items list (item ids, oldest first)"
 SERVING_THREADS = 1
 """torch and faiss intra-op threads per worker (see Recommender.__init__)."""
 
@@ -60,12 +76,34 @@ def served_tag() -> str:
 
 
 # -- IO models -----------------------------------------------------------------------------------
+# The OpenAPI document is generated from these models, and schemathesis checks the service against
+# it (tests/serving/test_contract.py): every constraint the service enforces is declared here.
+def _nullable(schema: dict[str, Any]) -> None:
+    """Spell ``X | None`` as OpenAPI 3.0 does (``nullable: true``).
+
+    BentoML writes a 3.0 document and flattens pydantic's ``anyOf: [X, null]`` to its first member,
+    which would document ``null`` answers as never null.
+    """
+    members = schema.pop("anyOf", None)
+    if members is None:
+        return
+    present = [m for m in members if m.get("type") != "null"]
+    if len(present) == 1:
+        schema.update(present[0])
+    else:
+        schema["anyOf"] = present
+    schema["nullable"] = True
+
+
 class Item(BaseModel):
     item_id: str = Field(description="Catalog item id.", examples=["B004Z40048"])
     title: str = Field(description="Item title (first part of the item text).")
     score: float = Field(description="Retrieval score: model dot product (recommend) or cosine.")
     reason: str | None = Field(
-        None, description="Why it is recommended: the history item most similar to it, or 'popular'."
+        None,
+        description="Why it is recommended: the history item most similar to it, or 'popular'; "
+        "null for similar items and search.",
+        json_schema_extra=_nullable,
     )
 
 
@@ -75,7 +113,9 @@ class RecommendResponse(BaseModel):
     history_source: str = Field(description="'user_history' (looked up by user_id) or 'recent_items'.")
     history_length: int = Field(description="Known catalog items in the history used.")
     unknown_items: list[str] = Field(description="Items of recent_items not in the catalog (ignored).")
-    note: str | None = Field(None, description="Explains a cold-start answer.")
+    note: str | None = Field(
+        None, description="Explains a cold-start answer; null otherwise.", json_schema_extra=_nullable
+    )
     items: list[Item]
 
 
@@ -93,12 +133,79 @@ class SearchResponse(BaseModel):
     items: list[Item]
 
 
+# Strict: JSON "10" is not the integer 10, nor 0 the boolean false, for the document or the service.
+K = Annotated[int, Field(ge=1, le=MAX_K, strict=True, description=f"Number of items to return (1..{MAX_K}).")]
+
+
+def _not_blank(query: str) -> str:
+    # The same pattern the document states, checked with the same engine (Python re) that JSON
+    # Schema validators use, and refused in words rather than as a regex.
+    if not re.search(NOT_BLANK, query):
+        raise ValueError("query is blank: send some words to search for")
+    return query
+
+
+Query = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="Free text, e.g. a product need (not blank).",
+        examples=["red lipstick"],
+        json_schema_extra={"pattern": NOT_BLANK},
+    ),
+    AfterValidator(_not_blank),
+]
+ItemId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, examples=["B004Z40048"])]
+
+
 class SearchQuery(BaseModel):
-    query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, examples=["red lipstick"])]
-    k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
+    model_config = ConfigDict(strict=True)
+
+    query: Query
+    k: K = 10
 
 
-K = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of items to return (1..{MAX_K}).")]
+# One of the two histories, as JSON Schema says it: exactly one branch holds for any valid body.
+_ONE_HISTORY: JsonDict = {
+    "oneOf": [
+        {"required": ["recent_items"], "properties": {"recent_items": {"type": "array", "minItems": 1}}},
+        {
+            "required": ["user_id"],
+            "properties": {"user_id": {"type": "string"}, "recent_items": {"maxItems": 0}},
+        },
+    ]
+}
+
+
+class RecommendRequest(BaseModel):
+    """The /recommend body: a known user id, or an explicit history (which wins when both are given)."""
+
+    model_config = ConfigDict(strict=True, json_schema_extra=_ONE_HISTORY)
+
+    user_id: str | None = Field(
+        None,
+        max_length=MAX_ID_CHARS,
+        description="A known (hashed) user id; its training history is used. Unknown ids get the "
+        "cold-start answer.",
+        json_schema_extra=_nullable,
+    )
+    recent_items: list[Annotated[str, Field(max_length=MAX_ID_CHARS)]] | None = Field(
+        None,
+        max_length=MAX_HISTORY,
+        description="An explicit history of item ids, oldest first (anonymous sessions); wins over "
+        "user_id when not empty.",
+        examples=[["B004Z40048", "B0043OYFKU"]],
+        json_schema_extra=_nullable,
+    )
+    k: K = 10
+    exclude_seen: bool = Field(True, description="Leave the history's items out.")
+
+    @model_validator(mode="after")
+    def _has_history(self) -> RecommendRequest:
+        if self.user_id is None and not self.recent_items:
+            raise ValueError(NEEDS_HISTORY)
+        return self
 
 
 def _http_error(error: Exception) -> BentoMLException:
@@ -174,6 +281,206 @@ async def _unauthorized(send: Any, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# -- the HTTP contract ----------------------------------------------------------------------------
+API_PATHS = frozenset({"/recommend", "/similar", "/search", "/search_batch"})
+DOCS_PATH = "/docs.json"
+ERROR_SCHEMA = "Error"
+ERROR_STATUSES = {
+    400: "Invalid request: the message names each field and what is wrong with it.",
+    401: "Missing or wrong bearer token (only when the server has SHOPFLOW_SERVING_API_TOKEN).",
+    413: f"Request body over {MAX_BODY_BYTES} bytes.",
+    415: "Content-Type other than application/json.",
+    500: "Unexpected server error (see the server log).",
+}
+PATH_ERROR_STATUSES = {
+    "/similar": {404: "Unknown item id (use /search to find items by text)."},
+    "/search": {501: "The model has no text encoder (ID-only): search is unavailable."},
+    "/search_batch": {501: "The model has no text encoder (ID-only): search is unavailable."},
+}
+
+
+def contract_document(spec: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's OpenAPI document, amended to say what the service does (served at /docs.json).
+
+    BentoML 1.4 cannot declare these itself: a request body is required (it marks none required),
+    and every error status an endpoint answers is listed with the one error body it has
+    (``{"error": <message>}``, see :func:`documented_error`) instead of BentoML's fixed
+    400/404/500 for every endpoint.
+    """
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas[ERROR_SCHEMA] = {
+        "type": "object",
+        "title": ERROR_SCHEMA,
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "description": "What went wrong, in words a client can act on."},
+            "detail": {"type": "string", "description": "More context, when there is some."},
+        },
+    }
+    error_body = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}}}
+    for path in sorted(API_PATHS & set(spec.get("paths", {}))):
+        operation = spec["paths"][path]["post"]
+        operation["requestBody"]["required"] = True
+        errors = {**ERROR_STATUSES, **PATH_ERROR_STATUSES.get(path, {})}
+        operation["responses"] = {
+            "200": operation["responses"]["200"],
+            **{
+                str(code): {"description": text, "content": error_body}
+                for code, text in sorted(errors.items())
+            },
+        }
+    return spec
+
+
+def documented_error(body: bytes) -> bytes:
+    """A 4xx JSON body of BentoML's in the documented shape ``{"error": <message>}``.
+
+    BentoML answers validation errors as ``{"error": "1 validation error for Input", "detail":
+    [pydantic errors]}`` and raised 4xx errors as a one-element list (bentoml/BentoML#4232), while
+    its own document says ``detail`` is a string. One shape for every error: the pydantic errors
+    become one message naming each field.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+        data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("detail"), list):
+        problems = "; ".join(_problem(e) for e in data["detail"] if isinstance(e, dict))
+        data = {"error": f"invalid request: {problems or data.get('error')}"}
+    if not (isinstance(data, dict) and isinstance(data.get("error"), str)):
+        data = {"error": str(data)}
+    data = {k: v for k, v in data.items() if k == "error" or (k == "detail" and isinstance(v, str))}
+    return json.dumps(data).encode()
+
+
+def _problem(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    message = str(error.get("msg", "")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+async def _send_error(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ContractMiddleware:
+    """ASGI middleware that keeps the endpoints to their OpenAPI document.
+
+    - Bodies over ``max_body_bytes`` are refused with 413 before anyone reads them: by
+      Content-Length when sent (BentoML 1.4 has no setting for it and reads the whole body before
+      it validates), else by counting a chunked body as it arrives.
+    - A Content-Type other than JSON gets 415 (BentoML would try its multipart parser: a 500).
+    - 4xx bodies are rewritten to the documented shape (:func:`documented_error`); 2xx responses
+      pass through untouched.
+    - ``/docs.json`` is BentoML's document amended by :func:`contract_document`, built once.
+    """
+
+    def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self._docs: bytes | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path == DOCS_PATH and scope["method"] == "GET":
+            return await self._serve_docs(scope, receive, send)
+        if path not in API_PATHS or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        content_type = length = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                length = value
+        if content_type is not None and content_type.split(b";")[0].strip().lower() != b"application/json":
+            return await _send_error(
+                send, 415, f"send the body as application/json, not {content_type.decode('latin-1')!r}"
+            )
+        too_large = f"request body over {self.max_body_bytes} bytes"
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body_bytes:
+                return await _send_error(send, 413, too_large)
+        else:
+            receive = await self._bounded(receive)
+            if receive is None:
+                return await _send_error(send, 413, too_large)
+        return await self.app(scope, receive, _errors_as_documented(send))
+
+    async def _bounded(self, receive: Any) -> Any:
+        """A chunked body read up to the cap and replayed to the app; None when it is over."""
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        return replay
+
+    async def _serve_docs(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self._docs is None:
+            start: dict[str, Any] = {}
+            chunks: list[bytes] = []
+
+            async def capture(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    start.update(message)
+                else:
+                    chunks.append(message.get("body", b""))
+
+            await self.app(scope, receive, capture)
+            if start.get("status") != 200:
+                return await _send_error(send, 500, "the OpenAPI document could not be built")
+            self._docs = json.dumps(contract_document(json.loads(b"".join(chunks)))).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self._docs)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self._docs})
+
+
+def _errors_as_documented(send: Any) -> Any:
+    """``send`` with 4xx JSON bodies rewritten by :func:`documented_error` (others pass through)."""
+    held: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            is_json = any(
+                k == b"content-type" and v.startswith(b"application/json") for k, v in message["headers"]
+            )
+            if 400 <= status < 500 and is_json:
+                held.update(message)
+                return None
+            return await send(message)
+        if not held or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return None
+        body = documented_error(b"".join(chunks))
+        headers = [(k, v) for k, v in held["headers"] if k != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**held, "headers": headers})
+        return await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
 # threads: the sync APIs (search) run in worker threads, where concurrent queries wait to share
 # one encoder pass (serving.engine.QueryCombiner); recommend and similar run on the event loop.
 # The access log is off: every answered request is already logged, with its latency, by the
@@ -223,26 +530,15 @@ class Recommender:
 
     # recommend and similar run on the event loop: answering a known user is a cache lookup and a
     # faiss search (well under a millisecond), less than handing the call to a worker thread costs.
-    @bentoml.api
+    @bentoml.api(input_spec=RecommendRequest)
     async def recommend(
         self,
-        user_id: Annotated[
-            str | None,
-            Field(max_length=128, description="A known (hashed) user id; its training history is used."),
-        ] = None,
-        recent_items: Annotated[
-            list[str] | None,
-            Field(
-                max_length=MAX_HISTORY,
-                description="An explicit history of item ids, oldest first (anonymous sessions); "
-                "wins over user_id.",
-                examples=[["B004Z40048", "B0043OYFKU"]],
-            ),
-        ] = None,
-        k: K = 10,
-        exclude_seen: Annotated[bool, Field(description="Leave the history's items out.")] = True,
+        user_id: str | None = None,
+        recent_items: list[str] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
     ) -> RecommendResponse:
-        """Top-k items for a user id or an explicit recent-items history."""
+        """Top-k items for a user id or an explicit recent-items history (the body: RecommendRequest)."""
         from serving.engine import ServingError
 
         try:
@@ -251,11 +547,7 @@ class Recommender:
             raise _http_error(error) from error
 
     @bentoml.api
-    async def similar(
-        self,
-        item_id: Annotated[str, Field(min_length=1, max_length=128, examples=["B004Z40048"])],
-        k: K = 10,
-    ) -> SimilarResponse:
+    async def similar(self, item_id: ItemId, k: K = 10) -> SimilarResponse:
         """Items most similar to an item (404 for an unknown item id)."""
         from serving.engine import ServingError
 
@@ -265,24 +557,10 @@ class Recommender:
             raise _http_error(error) from error
 
     @bentoml.api
-    def search(
-        self,
-        query: Annotated[
-            str,
-            Field(
-                min_length=1,
-                max_length=MAX_QUERY_CHARS,
-                description="Free text, e.g. a product need.",
-                examples=["red lipstick"],
-            ),
-        ],
-        k: K = 10,
-    ) -> SearchResponse:
+    def search(self, query: Query, k: K = 10) -> SearchResponse:
         """Items whose text best matches a free-text query."""
         from serving.engine import ServingError
 
-        if not query.strip():
-            raise BentoMLException("query is blank: send some words to search for", error_code=_status(400))
         try:
             return SearchResponse(**self.engine.search(query, k))
         except ServingError as error:
@@ -305,4 +583,6 @@ class Recommender:
 
 
 # The decorator returns a bentoml.Service (its type hints say the class).
+# Outermost first: a request without credentials is refused before its body is looked at.
 Recommender.add_asgi_middleware(BearerTokenMiddleware)  # type: ignore[attr-defined]
+Recommender.add_asgi_middleware(ContractMiddleware)  # type: ignore[attr-defined]

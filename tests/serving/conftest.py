@@ -87,6 +87,19 @@ def service_module(service_env: dict[str, str]) -> Any:
 
 
 @pytest.fixture(scope="session")
+def live_server(served: Served, service_env: dict[str, str]) -> Iterator[Any]:
+    """One ``bentoml serve`` of the champion for the session (a RunningServer), stopped at the end.
+
+    Tests that only call it share it: a server start costs ~10 s of the quick gate. Tests that need
+    their own settings (a token) or a built Bento start their own.
+    """
+    from serving.bento import running_server
+
+    with running_server(settings=served.settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def http_client(service_module: Any) -> Iterator[Any]:
     """A client of the service's ASGI app, lifespan entered (the service instance exists).
 

@@ -3,110 +3,61 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
-from ml.core.settings import PROJECT_DIR
 
-STARTUP_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_bentoml_serve_answers_every_endpoint(
-    served: Any, service_env: dict[str, str], tmp_path: Path
-) -> None:
-    port = free_port()
-    bentoml_cli = Path(sys.executable).with_name("bentoml")
-    log_file = (tmp_path / "serve.log").open("w")
-    started = time.monotonic()
-    server = subprocess.Popen(
-        [
-            str(bentoml_cli),
-            "serve",
-            "serving.service:Recommender",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=PROJECT_DIR,
-        env={**os.environ, **service_env},
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so the workers stop with it
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=30) as http:
-            while True:
-                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                assert time.monotonic() - started < STARTUP_TIMEOUT_S, "not ready in time"
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
-            ready_s = time.monotonic() - started
-            user = str(served.examples["user_id"].iloc[0])
-            item = str(served.examples["item_id"].iloc[0])
-            rec = http.post("/recommend", json={"user_id": user, "k": 5})
-            assert rec.status_code == 200 and rec.json()["model_version"] == served.tag
-            assert http.post("/recommend", json={"recent_items": [item], "k": 2}).status_code == 200
-            assert len(http.post("/similar", json={"item_id": item, "k": 3}).json()["items"]) == 3
-            assert http.post("/similar", json={"item_id": "NOPE"}).status_code == 404
-            assert len(http.post("/search", json={"query": "mascara", "k": 2}).json()["items"]) == 2
-            batch = http.post("/search_batch", json={"queries": [{"query": "perfume", "k": 1}]})
-            assert batch.status_code == 200 and len(batch.json()) == 1
-            assert http.post("/recommend", json={"user_id": user, "k": 1000}).status_code == 400
-            assert http.get("/metrics").status_code == 200
-            # Concurrent single-query batch requests are merged by the dispatcher; each gets its own.
-            queries = ["lipstick", "shampoo", "perfume", "nail polish", "mascara", "eye liner", "soap", "gel"]
-            with ThreadPoolExecutor(len(queries)) as pool:
-                answers = list(
-                    pool.map(
-                        lambda q: http.post("/search_batch", json={"queries": [{"query": q, "k": 1}]}),
-                        queries,
-                    )
+def test_bentoml_serve_answers_every_endpoint(served: Any, live_server: Any) -> None:
+    """The session's `bentoml serve` (tests/serving/conftest.py: live_server) answers each endpoint."""
+    base = live_server.base_url
+    with httpx.Client(base_url=base, timeout=30) as http:
+        user = str(served.examples["user_id"].iloc[0])
+        item = str(served.examples["item_id"].iloc[0])
+        rec = http.post("/recommend", json={"user_id": user, "k": 5})
+        assert rec.status_code == 200 and rec.json()["model_version"] == served.tag
+        assert http.post("/recommend", json={"recent_items": [item], "k": 2}).status_code == 200
+        assert len(http.post("/similar", json={"item_id": item, "k": 3}).json()["items"]) == 3
+        assert http.post("/similar", json={"item_id": "NOPE"}).status_code == 404
+        assert len(http.post("/search", json={"query": "mascara", "k": 2}).json()["items"]) == 2
+        batch = http.post("/search_batch", json={"queries": [{"query": "perfume", "k": 1}]})
+        assert batch.status_code == 200 and len(batch.json()) == 1
+        assert http.post("/recommend", json={"user_id": user, "k": 1000}).status_code == 400
+        assert http.get("/metrics").status_code == 200
+        # Concurrent single-query batch requests are merged by the dispatcher; each gets its own.
+        queries = ["lipstick", "shampoo", "perfume", "nail polish", "mascara", "eye liner", "soap", "gel"]
+        with ThreadPoolExecutor(len(queries)) as pool:
+            answers = list(
+                pool.map(
+                    lambda q: http.post("/search_batch", json={"queries": [{"query": q, "k": 1}]}),
+                    queries,
                 )
-            assert [a.status_code for a in answers] == [200] * len(queries)
-            assert [a.json()[0]["query"] for a in answers] == queries
-            # The load client (serving/loadtest.py) against the real server: closed loop, no errors.
-            from serving.loadtest import run_cell
+            )
+        assert [a.status_code for a in answers] == [200] * len(queries)
+        assert [a.json()[0]["query"] for a in answers] == queries
+        # The load client (serving/loadtest.py) against the real server: closed loop, no errors.
+        from serving.loadtest import run_cell
 
-            cell = run_cell(base, "recommend", [{"user_id": user, "k": 5}], 4, 1.0, warmup_s=0.2)
-            assert cell.requests > 10 and cell.errors == 0, cell
-            assert 0 < cell.p50_ms <= cell.p99_ms <= cell.max_ms
-        print(f"bentoml serve ready in {ready_s:.1f} s")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-        log_file.close()
+        cell = run_cell(base, "recommend", [{"user_id": user, "k": 5}], 4, 1.0, warmup_s=0.2)
+        assert cell.requests > 10 and cell.errors == 0, cell
+        assert 0 < cell.p50_ms <= cell.p99_ms <= cell.max_ms
+    print(f"bentoml serve ready in {live_server.ready_s:.1f} s")
+    # Every answered request is logged (the log may flush off the request path: wait a little).
     logs = served.settings.work_dir / "serving_logs"
-    endpoints = {
-        json.loads(line)["endpoint"]
-        for f in logs.glob("requests-*.jsonl")
-        for line in f.read_text().splitlines()
-    }
+    deadline = time.monotonic() + 10
+    while True:
+        endpoints = {
+            json.loads(line)["endpoint"]
+            for f in logs.glob("requests-*.jsonl")
+            for line in f.read_text().splitlines()
+            if line.strip()
+        }
+        if {"recommend", "similar", "search"} <= endpoints or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert {"recommend", "similar", "search"} <= endpoints
 
 
