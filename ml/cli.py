@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -61,6 +62,61 @@ def replay(
         sources=source,
     )
     typer.echo(f"landed {len(files)} partition files under {get_settings().landing_dir}")
+
+
+@app.command()
+def land(
+    path: Annotated[Path, typer.Argument(help="A CSV or Parquet file, or a folder of them.")],
+    source: Annotated[
+        str, typer.Option(help="Landing source, one of SHOPFLOW_SOURCES (e.g. a catalog source 'myshop').")
+    ],
+    table: Annotated[
+        str | None,
+        typer.Option(help="Contract table: interactions (default) or items; or invoice_lines."),
+    ] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="Items only: a day of the partition the catalogue lands in (default: the source's "
+            "first landed interactions partition). A later partition's row of an item updates it.",
+        ),
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option("--replace", help="Rewrite the partitions the input touches instead of merging."),
+    ] = False,
+) -> None:
+    """Check your own files against the landing contract and land them as partitions.
+
+    Nothing is written unless every file passes; each partition is written atomically. Landing
+    the same rows again changes nothing. Then load them with `shopflow run-interval START END`.
+    """
+    from ml.data.ingest import ContractError
+    from ml.data.land import land as do_land
+
+    settings = get_settings()
+    try:
+        result = do_land(
+            path, source, table, as_of=as_of.date() if as_of else None, replace=replace, settings=settings
+        )
+    except (ContractError, ValueError) as error:
+        _fail(error)
+    for part in result.written if len(result.written) <= 12 else []:  # a long history: totals only
+        typer.echo(
+            f"{part.path.relative_to(settings.landing_dir)}: +{part.added:,} rows"
+            + (f", {part.skipped:,} already landed" if part.skipped else "")
+            + (f", {part.replaced:,} replaced" if part.replaced else "")
+            + f" ({part.total:,} in the partition)"
+        )
+    start, end = result.interval
+    added, skipped = (sum(getattr(p, n) for p in result.partitions) for n in ("added", "skipped"))
+    typer.echo(
+        f"read {result.rows:,} rows from {len(result.files)} file(s): {added:,} landed, {skipped:,} "
+        f"already landed; {len(result.written)} of {len(result.partitions)} "
+        f"{result.source}/{result.table} partition(s) written under {settings.landing_dir}\n"
+        f"load them with: shopflow run-interval {start} {end}"
+    )
 
 
 @app.command()

@@ -20,9 +20,9 @@ runner = CliRunner()
 # Every command of the app, sub-apps' commands as paths ("models", "list"). Adding, renaming or
 # removing a command without updating this set fails test_registered_commands_are_the_expected_ones.
 EXPECTED_COMMANDS = {
-    ("replay",), ("ingest",), ("validate-raw",), ("transform",), ("validate-marts",), ("run-interval",),
-    ("summary",), ("demo",), ("train",), ("monitor",), ("settings",), ("models",), ("models", "list"),
-    ("models", "show"), ("models", "promote"), ("models", "rollback"),
+    ("replay",), ("land",), ("ingest",), ("validate-raw",), ("transform",), ("validate-marts",),
+    ("run-interval",), ("summary",), ("demo",), ("train",), ("monitor",), ("settings",), ("models",),
+    ("models", "list"), ("models", "show"), ("models", "promote"), ("models", "rollback"),
 }  # fmt: skip
 
 
