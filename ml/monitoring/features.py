@@ -40,77 +40,32 @@ PREDICTION_CATEGORICAL = ["top_category", "strategy"]
 
 
 # -- features --------------------------------------------------------------------------------------
+MONITORED_MART = "marts.fct_monitored_interactions"
+
+
 def read_interactions(
     settings: Settings, start: datetime | date | None, end: datetime | date, source: str | None = None
 ) -> pd.DataFrame:
-    """The source's interactions in ``[start, end)`` with item features and first-seen times.
+    """The source's interactions in ``[start, end)`` with their item features, from the
+    ``fct_monitored_interactions`` mart.
 
     ``item_first_ts`` / ``user_first_ts`` are the first interaction of the item / user in the whole
-    warehouse (not only the window), so ages and tenures mean the same on both sides of a test.
+    warehouse (not only the window), and ``user_events_30d`` counts the user's events in the 30 days
+    up to each one, so ages, tenures and activity mean the same on both sides of a test.
     """
-
     source = source or settings.train_source
-    lower = "and i.event_ts >= :start " if start is not None else ""
+    lower = "and event_ts >= :start " if start is not None else ""
     params: dict[str, Any] = {"source": source, "end": pd.Timestamp(end).to_pydatetime()}
     if start is not None:
         params["start"] = pd.Timestamp(start).to_pydatetime()
     sql = f"""
-        with item_first as (
-            select item_id, min(event_ts) as item_first_ts
-            from marts.fct_interactions where source = :source group by item_id
-        ),
-        user_first as (
-            select user_id, min(event_ts) as user_first_ts
-            from marts.fct_interactions where source = :source group by user_id
-        )
         select
-            i.user_id, i.item_id, i.event_ts, i.rating, i.quantity, i.sequence_number,
-            coalesce(d.category_leaf, d.category_top) as category, d.brand, d.price, d.title,
-            f.item_first_ts, u.user_first_ts
-        from marts.fct_interactions i
-        left join marts.dim_items d on d.source = i.source and d.item_id = i.item_id
-        left join item_first f on f.item_id = i.item_id
-        left join user_first u on u.user_id = i.user_id
-        where i.source = :source {lower}and i.event_ts < :end
+            user_id, item_id, event_ts, rating, quantity, sequence_number,
+            category, brand, price, title, item_first_ts, user_first_ts, user_events_30d
+        from {MONITORED_MART}
+        where source = :source {lower}and event_ts < :end
     """
-    frame = Warehouse(settings).read(sql, params)
-    frame["user_events_30d"] = _events_in_last_30_days(settings, source, frame, start, end)
-    return frame
-
-
-def _events_in_last_30_days(
-    settings: Settings, source: str, frame: pd.DataFrame, start: Any, end: Any
-) -> pd.Series:
-    """For each row, the user's interactions in the 30 days up to it (user activity).
-
-    Counted over a trailing window that reaches before ``start``, so the figure does not depend on
-    how long the monitored window is.
-    """
-
-    if frame.empty:
-        return pd.Series(dtype=float)
-    lookback = pd.Timestamp(start if start is not None else frame["event_ts"].min()) - pd.Timedelta(days=30)
-    history = Warehouse(settings).read(
-        "select user_id, event_ts from marts.fct_interactions "
-        "where source = :source and event_ts >= :start and event_ts < :end",
-        {"source": source, "start": lookback.to_pydatetime(), "end": pd.Timestamp(end).to_pydatetime()},
-    )
-    # One sorted key per event: (user code, seconds) packed in an int64, so a single vectorised
-    # searchsorted counts every row's trailing window (users occupy disjoint key ranges).
-    codes = pd.Index(history["user_id"].astype(str).unique())
-    span = np.int64(2**33)  # > any epoch second here; keeps users apart
-
-    def keys(users: pd.Series, at: pd.Series) -> np.ndarray:
-        code = codes.get_indexer(users.astype(str)).astype(np.int64)
-        seconds = pd.to_datetime(at).to_numpy().astype("datetime64[s]").astype(np.int64)
-        return np.where(code >= 0, code * span + seconds, -1)
-
-    known = np.sort(keys(history["user_id"], history["event_ts"]))
-    rows = keys(frame["user_id"], frame["event_ts"])
-    month = np.int64(30 * 86_400)
-    counts = np.searchsorted(known, rows, side="right") - np.searchsorted(known, rows - month, side="right")
-    counts = np.where(rows >= 0, counts, 0).astype(float)
-    return pd.Series(counts, index=frame.index)
+    return Warehouse(settings).read(sql, params)
 
 
 def interaction_features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -147,11 +102,11 @@ def write_reference(package: Path, settings: Settings, until: datetime | None = 
     ``drift_sample_rows``. Returns the file, or None when the warehouse has no interactions.
     """
 
-    if not Warehouse(settings).table_exists("marts.fct_interactions"):
+    if not Warehouse(settings).table_exists(MONITORED_MART):
         return None  # marts not built by dbt (a hand-made training slice): nothing to refer to
     if until is None:
         latest = Warehouse(settings).scalar(
-            "select max(event_ts) from marts.fct_interactions where source = :source",
+            f"select max(event_ts) from {MONITORED_MART} where source = :source",
             {"source": settings.train_source},
         )
         if latest is None or pd.isna(latest):

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+from ml.core.catalog import PRICE_BANDS, item_text, price_bucket, price_bucket_labels
 from ml.core.settings import PROJECT_DIR, Settings
 from ml.core.warehouse import Warehouse
 from ml.data.ingest import ingest_interval
@@ -31,7 +33,7 @@ RETAIL_DAY = date(2010, 12, 1)
 BEAUTY_DAY = date(2014, 3, 3)
 # Reviewed items left out of the landed catalog: dim_items must still give them a row and a text.
 UNCATALOGUED = 2
-N_UNIT_TESTS = 12
+N_UNIT_TESTS = 13
 PRODUCT_CODE = r"^([0-9]{5}|DCGS[0-9])"
 SEQUENCE_DELIMITER = "|"
 
@@ -229,7 +231,7 @@ def _assert_marts(settings: Settings, result: DbtResult, quarantined: set[str]) 
     assert result.failures == []
     # Every unit test ran and passed; every model built.
     assert result.resource_counts["unit_test"] == N_UNIT_TESTS
-    assert result.resource_counts["model"] == 11
+    assert result.resource_counts["model"] == 12
     assert result.resource_counts["test"] >= 100
     assert set(result.status_counts) <= {"success", "pass"}
     assert result.run_results_path is not None and result.run_results_path.exists()
@@ -265,6 +267,21 @@ def _assert_marts(settings: Settings, result: DbtResult, quarantined: set[str]) 
     assert int(retail["quantity"].sum()) == int(
         expected["purchases"].loc[expected["purchases"]["customer_id"].notna(), "quantity"].sum()
     )
+
+    # fct_monitored_interactions: the same rows; first-seen times per source never after the event.
+    monitored = mart("fct_monitored_interactions", "interaction_id")
+    assert monitored["interaction_id"].tolist() == interactions["interaction_id"].tolist()
+    assert monitored.groupby("source").size().to_dict() == interactions.groupby("source").size().to_dict()
+    assert (monitored["item_first_ts"] <= monitored["event_ts"]).all()
+    assert (monitored["user_first_ts"] <= monitored["event_ts"]).all()
+    by_item = monitored.groupby(["source", "item_id"])["event_ts"]
+    by_user = monitored.groupby(["source", "user_id"])["event_ts"]
+    assert (monitored["item_first_ts"] == by_item.transform("min")).all()
+    assert (monitored["user_first_ts"] == by_user.transform("min")).all()
+    # The slice spans one day per source, so the trailing 30 days hold all the user's events up
+    # to this one's second (same-second events included).
+    seconds = monitored["event_ts"].dt.floor("s").groupby([monitored["source"], monitored["user_id"]])
+    assert monitored["user_events_30d"].tolist() == seconds.rank(method="max").astype(int).tolist()
 
     # fct_user_sequences: one row per user, items in (event_ts, sequence_number) order.
     sequences = mart("fct_user_sequences", "user_key")
@@ -348,6 +365,32 @@ def test_duckdb_build_matches_pandas(duckdb_build: tuple[Settings, DbtResult, se
     _assert_marts(settings, result, quarantined)
 
 
+def _assert_item_text_is_the_catalog_rule(settings: Settings) -> None:
+    """The same rows through dbt (dim_items) and Python (ml.core.catalog) give the same text and band."""
+    items = Warehouse(settings).read(
+        "select item_id, title, brand, categories, price, description, price_bucket, item_text "
+        "from marts.dim_items order by source, item_id"
+    )
+    assert len(items) > 1000 and items["price"].notna().any() and items["price"].isna().any()
+    python_text = [
+        item_text(r.item_id, r.title, r.brand, r.categories, r.price, r.description)
+        for r in items.itertuples(index=False)
+    ]
+    mismatched = [
+        (i, d, p) for i, d, p in zip(items["item_id"], items["item_text"], python_text, strict=True) if d != p
+    ]
+    assert mismatched == []
+    assert items["price_bucket"].tolist() == [price_bucket(p) for p in items["price"]]
+    assert set(items["price_bucket"]) <= set(price_bucket_labels())
+    # dbt_project.yml's default (for hand-run dbt) is the Python bands too.
+    project = yaml.safe_load((PROJECT_DIR / "dbt" / "dbt_project.yml").read_text())
+    assert tuple(project["vars"]["price_bands"]) == PRICE_BANDS
+
+
+def test_duckdb_item_text_is_the_catalog_rule(duckdb_build: tuple[Settings, DbtResult, set[str]]) -> None:
+    _assert_item_text_is_the_catalog_rule(duckdb_build[0])
+
+
 def test_duckdb_file_is_released_after_dbt(duckdb_build: tuple[Settings, DbtResult, set[str]]) -> None:
     """dbt-duckdb keeps its database open per process; dbt_build must hand the file back."""
     import duckdb
@@ -416,3 +459,7 @@ def test_postgres_build_matches_pandas(postgres_build: tuple[Settings, DbtResult
     settings, result, quarantined = postgres_build
     assert result.target == "postgres"
     _assert_marts(settings, result, quarantined)
+
+
+def test_postgres_item_text_is_the_catalog_rule(postgres_build: tuple[Settings, DbtResult, set[str]]) -> None:
+    _assert_item_text_is_the_catalog_rule(postgres_build[0])

@@ -64,6 +64,7 @@ def build_marts(settings: Settings) -> pd.DataFrame:
     everything; returns the monitored month's interactions.
     """
     from ml.core.warehouse import Warehouse
+    from ml.data.transform import dbt_build
     from ml.modeling.datasets import shipped_frames
     from ml.modeling.splits import loo_labels, time_labels
 
@@ -80,6 +81,9 @@ def build_marts(settings: Settings) -> pd.DataFrame:
     training["loo_split"] = loo_labels(training["position"], training["n_user_events"])
     training["time_split"] = time_labels(training["event_ts"])
     interactions = examples.assign(rating=None, quantity=None)
+    interactions["interaction_id"] = (
+        "beauty:" + interactions["user_id"] + ":" + interactions["position"].astype(str)
+    )
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
         con.execute("create schema if not exists marts")
@@ -91,6 +95,8 @@ def build_marts(settings: Settings) -> pd.DataFrame:
             con.register("frame", frame)
             con.execute(f"create or replace table marts.{name} as select * from frame")
             con.unregister("frame")
+    # What monitoring reads is a dbt mart over these: built by dbt itself, with its tests.
+    dbt_build("e2e-monitored-interactions", settings, select="fct_monitored_interactions")
     return examples[month.loc[examples.index]]
 
 
