@@ -51,10 +51,10 @@ def item_text(
         return value is not None and not (isinstance(value, float) and pd.isna(value))
 
     band = f"price: {price_bucket(price)}" if present(price) else None
-    if not any(present(v) for v in (title, brand, categories, description)):
-        return " | ".join(p for p in (f"item {item_id}", band) if p)
+    # Without a title an item is named by its id: titleless items that share a brand or category
+    # must still get distinct texts (and so distinct vectors).
     parts = [
-        title if present(title) else None,
+        title if present(title) else f"item {item_id}",
         f"brand: {brand}" if present(brand) else None,
         f"category: {categories}" if present(categories) else None,
         band,

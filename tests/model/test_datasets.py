@@ -51,6 +51,13 @@ def test_item_text_matches_dim_items() -> None:
     assert item_text("B002", price=120.0) == "item B002 | price: 100+"
     assert item_text("B003", "Shampoo") == "Shampoo"
     assert item_text("B999") == "item B999"
+    # Titleless items sharing a brand and category stay distinct (named by their ids).
+    assert item_text("B004", brand="COKA", categories="Beauty > Makeup") == (
+        "item B004 | brand: COKA | category: Beauty > Makeup"
+    )
+    assert item_text("B005", brand="COKA", categories="Beauty > Makeup") != item_text(
+        "B004", brand="COKA", categories="Beauty > Makeup"
+    )
     assert [price_bucket(p) for p in (None, 4.99, 5, 10, 49.99, 100)] == [
         "unknown",
         "under 5",

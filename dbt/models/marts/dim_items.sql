@@ -114,24 +114,16 @@ final as (
         description,
         price,
         price_bucket,
-        -- The text the encoder reads. Never empty: an item with no title, brand, categories or
-        -- description is named by its id.
-        case
-            when coalesce(title, brand, categories, description) is null
-                then concat_ws(
-                    ' | ',
-                    'item ' || item_id,
-                    case when price is not null then 'price: ' || price_bucket end
-                )
-            else concat_ws(
-                ' | ',
-                title,
-                'brand: ' || brand,
-                'category: ' || categories,
-                case when price is not null then 'price: ' || price_bucket end,
-                left(description, 500)
-            )
-        end as item_text,
+        -- The text the encoder reads (ml.core.catalog.item_text builds the same). Never empty,
+        -- never shared by two items: without a title an item is named by its id.
+        concat_ws(
+            ' | ',
+            coalesce(title, 'item ' || item_id),
+            'brand: ' || brand,
+            'category: ' || categories,
+            case when price is not null then 'price: ' || price_bucket end,
+            left(description, 500)
+        ) as item_text,
         is_in_catalog
 
     from bucketed
