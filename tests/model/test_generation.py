@@ -1,4 +1,4 @@
-"""The generator stage: resolving the packaged GGUF, the conversion cache, batched generation.
+"""The generator stage: resolving the packaged GGUF, the conversion cache, generation, fine-tuning.
 
 Quick tests use the packaged tokenizer (read from the GGUF file, ~5 s) with a tiny random Llama
 of the same vocabulary, so batching, padding, budgets and seeding are checked without the real
@@ -12,12 +12,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from ml.core.settings import Settings
+from ml.core.settings import PROJECT_DIR, Settings
 from ml.generation import load as load_module
+from ml.generation.finetune import (
+    IGNORE,
+    FinetuneConfig,
+    _encode,
+    finetune,
+    parse_target,
+    understanding_pairs,
+)
 from ml.generation.generate import GenerationConfig, chat_prompt, generate
 from ml.generation.load import (
     DEFAULT_GENERATOR,
@@ -234,3 +243,85 @@ def test_the_cached_checkpoint_is_the_dequantized_gguf() -> None:
         a = cached.model(**ids).logits
         b = direct.model(**ids).logits
     assert torch.equal(a, b)
+
+
+# -- fine-tuning --------------------------------------------------------------------------------------
+CATALOG = pd.DataFrame(
+    {
+        "item_id": ["a", "b", "c", "d"],
+        "title": ["OPI Nail Envy, 0.5 oz", "Dove Body Wash", None, "Lip Lock"],
+        "categories": ["Beauty > Skin Care > Nail Treatments", "Beauty > Bath & Body", "Beauty", None],
+        "brand": ["OPI", None, "X", "Facial Facade"],
+    }
+)
+
+
+def test_understanding_pairs_and_their_format() -> None:
+    pairs = understanding_pairs(CATALOG)
+    assert pairs == [
+        (
+            "Product title: OPI Nail Envy, 0.5 oz\nGive its category path and its brand.",
+            "Category: Beauty > Skin Care > Nail Treatments\nBrand: OPI",
+        ),
+        (
+            "Product title: Dove Body Wash\nGive its category path and its brand.",
+            "Category: Beauty > Bath & Body\nBrand: unknown",
+        ),
+    ]
+    assert parse_target(pairs[0][1]) == ("Beauty > Skin Care > Nail Treatments", "OPI")
+    assert parse_target("Sure!\nbrand: Dove\nCategory: Beauty\nBrand: Olay") == ("Beauty", "Dove")
+    assert parse_target("no answer") == (None, None)
+
+
+def test_training_pairs_score_only_the_answer(tiny: Generator) -> None:
+    ids, labels = _encode(tiny, "Product title: Lip Lock", "Category: Beauty\nBrand: unknown", max_length=160)
+    answer = tiny.tokenizer(
+        "Category: Beauty\nBrand: unknown" + tiny.tokenizer.eos_token, add_special_tokens=False
+    )
+    n = len(answer["input_ids"])
+    assert len(ids) == len(labels) and ids[-n:] == labels[-n:] == answer["input_ids"]
+    assert set(labels[:-n]) == {IGNORE}
+    short_ids, short_labels = _encode(
+        tiny, "Product title: " + "long " * 200, "Category: Beauty", max_length=40
+    )
+    assert len(short_ids) == 40 and short_labels[-1] == tiny.tokenizer.eos_token_id  # the answer survives
+
+
+def test_lora_steps_on_a_tiny_model_lower_the_loss(tokenizer: PreTrainedTokenizerBase) -> None:
+    model = tiny_llama(vocab_size=len(tokenizer))
+    generator = Generator(model, tokenizer, "tiny", "tiny", torch.device("cpu"), 0.0)
+    pairs = understanding_pairs(CATALOG)
+    config = FinetuneConfig(max_steps=4, batch_size=2, learning_rate=5e-2, lora_dropout=0.0)
+    result = finetune(generator, pairs, config)
+    assert result.steps == 4 and result.losses[-1] < result.losses[0]
+    # r=8 on q_proj (16 -> 16) and v_proj (16 -> 8) in one layer: 8*(16+16) + 8*(16+8).
+    assert result.trainable_parameters == 448
+    assert result.generator.model is model and result.generator.name == "tiny+lora"
+    assert not model.training
+    budget = finetune(
+        Generator(tiny_llama(len(tokenizer)), tokenizer, "t", "t", torch.device("cpu"), 0.0),
+        pairs,
+        FinetuneConfig(max_steps=50, time_budget_s=0.0, batch_size=2),
+    )
+    assert budget.steps == 1  # the time budget stops after the first step
+    with pytest.raises(ValueError, match="no training pairs"):
+        finetune(generator, [], config)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_lora_on_the_real_model_lowers_the_loss_in_three_steps() -> None:
+    """Three steps on one batch of 8 real Beauty items: the adapter learns the format."""
+    items = pd.read_parquet(PROJECT_DIR / "data" / "amazon_beauty_2014_5core" / "items.parquet")
+    items = items.dropna(subset=["title", "categories"]).sample(8, random_state=0)
+    items["categories"] = items["categories"].str.replace("'", "").str.replace(", ", " > ")
+    generator = load_generator(cache_dir=Settings().generator_cache_dir, device="cpu")
+    result = finetune(
+        generator, understanding_pairs(items), FinetuneConfig(max_steps=3, batch_size=8, learning_rate=1e-3)
+    )
+    assert result.trainable_parameters == 460_800  # r=8 on q_proj and v_proj, 30 layers
+    assert result.steps == 3 and result.losses[-1] < result.losses[0]
+    answer = generate(
+        result.generator, [understanding_pairs(items)[0][0]], GenerationConfig(max_new_tokens=30)
+    )
+    assert answer.new_tokens[0] >= 1
