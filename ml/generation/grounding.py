@@ -12,7 +12,9 @@ categories, prices and ids, plus any extra fact strings):
   number words from two to twelve count as numbers;
 - **PII**: no e-mail address or phone number (``ml.core.pii``'s detectors), no scrubbed
   placeholder, no link;
-- **shape**: within the length limits of its kind, no chat markup left over.
+- **shape**: within the length limits of its kind, ends like a sentence (not cut off by the
+  token budget), no three-word sequence more than twice (a looping model), no chat markup and no
+  fact labels ("brand: ...") copied from the prompt.
 
 Text is compared in words: lowercased, accents and HTML entities (``L&#39;Oreal``) undone, split
 on everything that is not a letter or a digit, so "L'Oréal", "L'Oreal" and "l oreal" agree.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -49,6 +52,9 @@ _LINK = re.compile(r"https?://|www\.", re.IGNORECASE)
 _MARKUP = re.compile(
     r"<\|[^|]*\|>|<\/?s>|\[/?INST\]|^(?:assistant|user|system)\s*:", re.IGNORECASE | re.MULTILINE
 )
+# The prompt's fact layout ("brand: X, price: $Y") copied into the answer instead of prose.
+_FACT_LABELS = re.compile(r"\b(?:brand|category|categories|price|item id)\s*:", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*$")
 # Characters after which a capitalised word starts a sentence or a list item, not a name.
 _SENTENCE_START = set(".!?:;\n\"'“‘(—–•*#")
 NUMBER_WORDS = {
@@ -217,10 +223,12 @@ class Limits:
     max_words: int = 40
     max_chars: int = 280
     allow_new_names: bool = False  # bundle names invent a name by nature
+    sentences: bool = True  # ends like a sentence: a text cut off by the token budget fails
+    max_repeats: int = 2  # how often one three-word sequence may occur (a looping model repeats)
 
 
 LIMITS: dict[Kind, Limits] = {
-    "bundle_name": Limits(min_words=1, max_words=8, max_chars=60, allow_new_names=True),
+    "bundle_name": Limits(min_words=1, max_words=8, max_chars=60, allow_new_names=True, sentences=False),
     "bundle_description": Limits(min_words=4, max_words=45, max_chars=320),
     "explanation": Limits(min_words=4, max_words=35, max_chars=240),
 }
@@ -285,8 +293,17 @@ def check(
         reasons.append(f"length: {n_words} words > {limits.max_words}")
     if len(stripped) > limits.max_chars:
         reasons.append(f"length: {len(stripped)} characters > {limits.max_chars}")
+    if limits.sentences and stripped and not _SENTENCE_END.search(stripped):
+        reasons.append("length: cut off (no closing punctuation)")
+    folded = [fold(w) for w in _WORD.findall(stripped)]
+    trigrams = Counter(zip(folded, folded[1:], folded[2:], strict=False))
+    if trigrams and max(trigrams.values()) > limits.max_repeats:
+        gram, times = trigrams.most_common(1)[0]
+        reasons.append(f"repetition: '{' '.join(gram)}' {times} times")
     if _MARKUP.search(stripped):
         reasons.append("markup: chat template tokens left in the text")
+    if _FACT_LABELS.search(stripped):
+        reasons.append("markup: fact labels copied from the prompt")
 
     # PII and links
     if EMAIL.search(stripped):

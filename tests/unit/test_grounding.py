@@ -64,7 +64,7 @@ def reasons(text: str, facts: Facts = BUNDLE, kind: str = "bundle_description") 
         "Two nail favourites: a strengthener at $8.45 and a polish at $7.00.",
         "Protect your nails with the Start-to-finish coat, then add Ballet Slippers.",
         "OPI and Essie: 2 steps to stronger, prettier nails.",
-        "- Essie polish in Ballet Slippers\n- OPI Nail Strengthener",
+        "- Essie polish in Ballet Slippers;\n- OPI Nail Strengthener.",
         "I love this pair of nail treatments from OPI and Essie.",
     ],
 )
@@ -153,16 +153,31 @@ def test_a_part_number_is_not_a_phone_number() -> None:
 def test_length_limits_per_kind_and_markup() -> None:
     assert reasons("", kind="explanation") == ("length: empty",)
     assert reasons("OPI coat.", kind="explanation") == ("length: 2 words < 4",)
-    long_name = "Nail " * 9
-    assert reasons(long_name.strip(), kind="bundle_name") == ("length: 9 words > 8",)
-    long_chars = "OPI and Essie " + "strengthening" * 25
-    assert reasons(long_chars, kind="bundle_description") == ("length: 339 characters > 320",)
-    assert reasons("OPI and Essie for nails.<|im_end|>") == ("markup: chat template tokens left in the text",)
+    long_name = "Nail Care Duo With Base Coat And Polish Set"
+    assert reasons(long_name, kind="bundle_name") == ("length: 9 words > 8",)
+    long_chars = "OPI and Essie " + "strengthening" * 25 + "."
+    assert reasons(long_chars, kind="bundle_description") == ("length: 340 characters > 320",)
+    assert reasons("OPI and Essie<|im_end|> for nails.") == ("markup: chat template tokens left in the text",)
     assert reasons("assistant: OPI and Essie for nails.") == (
         "markup: chat template tokens left in the text",
     )
-    custom = check("OPI and Essie nail care", BUNDLE, limits=Limits(max_words=3))
+    custom = check("OPI and Essie nail care.", BUNDLE, limits=Limits(max_words=3))
     assert custom.reasons == ("length: 5 words > 3",)
+
+
+def test_cut_off_looping_and_prompt_echoing_texts_fail() -> None:
+    """Shapes the untuned SmolLM2 really produces (seen on Beauty bundles)."""
+    assert reasons("A strengthener from OPI and an Essie polish, designed to", kind="explanation") == (
+        "length: cut off (no closing punctuation)",
+    )
+    assert reasons('OPI and Essie, "the nail pair."') == ()  # a closing quote after the full stop
+    looping = "OPI and Essie: a nail polish, a nail polish, a nail polish for you."
+    assert reasons(looping) == ("repetition: 'a nail polish' 3 times",)
+    assert reasons("Essie polish, a nail polish, a nail polish from OPI.") == ()  # twice is fine
+    echo = "Essie Nail Polish, Ballet Slippers (brand: Essie, category: Beauty > Makeup, price: $7.00)."
+    assert reasons(echo) == ("markup: fact labels copied from the prompt",)
+    # A bundle name is not a sentence.
+    assert reasons("Manicure Duo", kind="bundle_name") == ()
 
 
 def test_bundle_names_may_invent_a_name_but_not_a_brand_or_number() -> None:
