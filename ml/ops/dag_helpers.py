@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
-from airflow.sdk import get_current_context
-
 
 def utc_midnight(day: str | date) -> datetime:
     """``YYYY-MM-DD`` (or a date) as an aware UTC datetime at midnight, for DAG start/end dates."""
@@ -85,9 +83,17 @@ def resolve_interval(
     return start, end
 
 
+def _task_context() -> Any:
+    # Imported when a task runs, not with this module: importing Airflow configures it, and the
+    # local runner and the tests import this module before they point Airflow at its home.
+    from airflow.sdk import get_current_context
+
+    return get_current_context()
+
+
 def context_interval() -> tuple[date, date]:
     """The running task's data interval (see :func:`resolve_interval`)."""
-    context = get_current_context()
+    context = _task_context()
     return resolve_interval(
         context.get("params"), context.get("data_interval_start"), context.get("data_interval_end")
     )
@@ -95,7 +101,7 @@ def context_interval() -> tuple[date, date]:
 
 def context_run_id() -> str:
     """The running task's DAG run id (what every stage records as its lineage)."""
-    return str(get_current_context()["run_id"])
+    return str(_task_context()["run_id"])
 
 
 def jsonable(value: Any) -> Any:
