@@ -143,6 +143,7 @@ def serve_month(settings: Settings, tag: str, users: list[str]) -> None:
 def inject_catalog_drift(settings: Settings) -> None:
     """Controlled drift after registration: prices triple, brands and categories are replaced."""
     from ml.core.warehouse import Warehouse
+    from ml.data.transform import dbt_build
 
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
@@ -151,6 +152,8 @@ def inject_catalog_drift(settings: Settings) -> None:
             "brand = 'Private Label ' || substr(item_id, 1, 5), "
             "category_leaf = 'Clearance ' || substr(item_id, 2, 3)"
         )
+    # As the next ingest run's dbt build would: the mart monitoring reads follows the catalog.
+    dbt_build("e2e-catalog-drift", settings, select="fct_monitored_interactions")
 
 
 def _monitor(airflow: Any, interval: tuple[date, date]) -> tuple[str, dict[str, str]]:
