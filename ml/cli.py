@@ -6,6 +6,7 @@ Heavy libraries are imported inside each command so that ``shopflow --help`` sta
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -187,10 +188,15 @@ def run_interval(start: Day, end: Day) -> None:
     """Ingest → validate raw → dbt build → validate marts for [START, END), in-process (no Airflow)."""
     from ml.data.summary import render, warehouse_summary
     from ml.flows.interval import run_interval as do_run
+    from ml.ops.progress import StepStatus
 
     settings = get_settings()
+    title = f"run-interval [{start:%Y-%m-%d}, {end:%Y-%m-%d})"
     try:
-        do_run(start.date(), end.date(), _run_id("interval"), settings)
+        # One call runs the four stages; the spinner shows the time and the stages' last log line.
+        with StepStatus(title) as status, status.follow_logs():
+            status.step("ingest → validate raw → dbt build → validate marts")
+            do_run(start.date(), end.date(), _run_id("interval"), settings)
     except Exception as error:  # each stage raises a named, explanatory error
         _fail(error)
     typer.echo(render(warehouse_summary(settings)))
@@ -226,7 +232,7 @@ def demo(
     interval with real shoppers' traffic; monitor_drift detects drift and triggers retraining, and
     a promoted challenger's Bento takes over. Ends with a summary."""
     from ml.data.summary import render, warehouse_summary
-    from ml.flows.closed_loop import render_models, render_monitoring, render_runs, run_demo
+    from ml.flows.closed_loop import render_models, render_monitoring, render_runs, render_timing, run_demo
 
     settings = get_settings()
     settings = settings.model_copy(
@@ -245,6 +251,8 @@ def demo(
     typer.echo(render_models(settings))
     typer.echo("")
     typer.echo(render_monitoring(result, settings))
+    typer.echo("")
+    typer.echo(render_timing(result))
 
 
 @app.command()
@@ -261,13 +269,29 @@ def train(
     rank 0 snapshots the marts, all N train one model with DDP, then rank 0 alone evaluates,
     registers and gates it.
     """
+    from rich.console import Console
+
     from ml.flows.train import describe, run_training
+    from ml.ops.progress import StepStatus
 
     settings = get_settings()
     if max_users is not None:
         settings = settings.model_copy(update={"train_max_users": max_users})
     extra = json.loads(overrides) if overrides else {}
-    outcome = run_training(_run_id("train"), extra, settings, lineage={"reason": "cli"}, echo=typer.echo)
+    # run_training echoes once after each of these steps but the last, so each line starts the next.
+    # No spinner: the fit's and the encoder's tqdm bars hold the terminal. Rank 0 alone reports.
+    steps = ["snapshot of the marts", "training", "evaluation (with baselines and the champion)"]
+    steps.append("register → gate → smoke query → promote")
+    quiet = os.environ.get("RANK", "0") != "0"
+    with StepStatus("train", live=False, console=Console(quiet=quiet)) as status:
+        status.step(steps.pop(0))
+
+        def echo(line: str) -> None:
+            typer.echo(line)
+            if steps:
+                status.step(steps.pop(0))
+
+        outcome = run_training(_run_id("train"), extra, settings, lineage={"reason": "cli"}, echo=echo)
     if outcome is None:  # a torchrun rank other than 0: rank 0 reports
         return
     typer.echo(describe(outcome))

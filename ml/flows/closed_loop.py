@@ -30,6 +30,7 @@ from ml.data.transform import dbt_docs_generate
 from ml.flows.traffic import send_traffic
 from ml.monitoring.decision import monitoring_runs
 from ml.ops.local_airflow import LocalAirflow
+from ml.ops.progress import format_elapsed
 from serving.bento import build_bento, running_server
 from serving.client import auth_headers
 
@@ -99,13 +100,15 @@ def run_demo(
             INGEST_DAG,
             conf={"interval_start": history_start.isoformat(), "interval_end": history_end.isoformat()},
         )
-        airflow.wait_for_runs(INGEST_DAG, run_ids=[run_id], timeout=1800)
+        airflow.wait_for_runs(INGEST_DAG, run_ids=[run_id], timeout=1800, label=f"{INGEST_DAG} bootstrap")
         result.seconds["bootstrap_run"] = time.monotonic() - mark
 
         mark = time.monotonic()
         echo(f"4/6 Backfill of the replay window [{history_end}, {train_end}), one run per interval …")
         backfill = airflow.backfill(INGEST_DAG, history_end, train_end)
-        airflow.wait_for_runs(INGEST_DAG, backfill_id=backfill["id"], timeout=1800)
+        airflow.wait_for_runs(
+            INGEST_DAG, backfill_id=backfill["id"], timeout=1800, label=f"{INGEST_DAG} backfill"
+        )
         result.seconds["backfill_runs"] = time.monotonic() - mark
 
         mark = time.monotonic()
@@ -122,7 +125,9 @@ def run_demo(
         result.monitor_runs = airflow.runs(MONITOR_DAG)
         result.asset_events = len(airflow.asset_events("shopflow_marts", source_dag_id=INGEST_DAG))
 
+    mark = time.monotonic()
     dbt_docs_generate(settings)
+    result.seconds["dbt_docs"] = time.monotonic() - mark
     result.seconds["total"] = time.monotonic() - started
     return result
 
@@ -162,12 +167,14 @@ def _closed_loop(
         server = stack.enter_context(running_server(bento, settings=settings))
         serving = registry.champion(settings)
         echo(f"    {bento} ({serving}) on {server.base_url}, ready in {server.ready_s:.0f} s")
-        for first, end in intervals:
+        for done, (first, end) in enumerate(intervals):
+            step = ("later intervals", done, len(intervals))
             replay(settings, start=first, end=end)
             run_id = airflow.trigger(
                 INGEST_DAG, conf={"interval_start": first.isoformat(), "interval_end": end.isoformat()}
             )
-            airflow.wait_for_runs(INGEST_DAG, run_ids=[run_id], timeout=1800)
+            label = f"{INGEST_DAG} [{first}, {end})"
+            airflow.wait_for_runs(INGEST_DAG, run_ids=[run_id], timeout=1800, label=label, step=step)
             # The interval's shoppers are known once it is ingested; the served model has not seen
             # their new interactions (it trained before), so asking now is asking "before".
             traffic = send_traffic(server.base_url, first, end, settings, max_users=traffic_users)
@@ -176,14 +183,16 @@ def _closed_loop(
             monitor = airflow.trigger(
                 MONITOR_DAG, conf={"interval_start": first.isoformat(), "interval_end": end.isoformat()}
             )
-            airflow.wait_for_runs(MONITOR_DAG, run_ids=[monitor], timeout=1800)
+            label = f"{MONITOR_DAG} [{first}, {end})"
+            airflow.wait_for_runs(MONITOR_DAG, run_ids=[monitor], timeout=1800, label=label, step=step)
             decision = _decision_of(settings, monitor)
-            echo(f"    [{first}, {end}) {traffic.users} shoppers → monitor: {decision}")
+            where = f"{done + 1}/{len(intervals)} [{first}, {end})"
+            echo(f"    {where} {traffic.users} shoppers → monitor: {decision}")
             triggered = f"monitor__{monitor}"
             if triggered not in {r["dag_run_id"] for r in airflow.runs(TRAIN_DAG)}:
                 continue
             echo(f"    retraining {triggered} …")
-            airflow.wait_for_runs(TRAIN_DAG, run_ids=[triggered], timeout=3600)
+            airflow.wait_for_runs(TRAIN_DAG, run_ids=[triggered], timeout=3600, label="retraining", step=step)
             now = registry.champion(settings)
             if now == serving:
                 echo(f"    the challenger was not promoted: {serving} keeps serving")
@@ -265,7 +274,7 @@ def _interval_of(run: dict[str, Any]) -> str:
 
 
 def render_runs(result: DemoResult) -> str:
-    """Runs per DAG with their states, and the demo's wall time by phase."""
+    """Runs per DAG with their states (the wall time by phase is :func:`render_timing`)."""
     lines = ["Airflow runs per DAG", "--------------------"]
     for dag_id, runs in (
         (INGEST_DAG, result.runs),
@@ -284,8 +293,31 @@ def render_runs(result: DemoResult) -> str:
                 f"{_interval_of(run):<26} {run['state']}"
             )
     lines.append(f"marts Asset events emitted: {result.asset_events}")
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
-    lines.append(f"wall time: {timing}")
+    return "\n".join(lines)
+
+
+PHASES = {
+    "replay": "1 land the training period",
+    "airflow_start": "2 start Airflow",
+    "bootstrap_run": "3 bootstrap run (history)",
+    "backfill_runs": "4 backfill of the replay window",
+    "train_runs_after_ingest": "5 first training runs",
+    "later_period_loop": "6 serve + later intervals",
+    "dbt_docs": "  dbt docs",
+}
+"""Names of the demo's phases (keys of ``DemoResult.seconds``) in the timing table."""
+
+
+def render_timing(result: DemoResult) -> str:
+    """The demo's wall time per phase, with its share of the total, and the total last."""
+    lines = ["Wall time by phase", "------------------"]
+    total = result.seconds.get("total") or sum(result.seconds.values())
+    for key, seconds in result.seconds.items():
+        if key == "total":
+            continue
+        share = f"{seconds / total:>4.0%}" if total else ""
+        lines.append(f"  {PHASES.get(key, key):<34} {format_elapsed(seconds):>8}  {share}")
+    lines.append(f"  {'total':<34} {format_elapsed(total):>8}")
     return "\n".join(lines)
 
 

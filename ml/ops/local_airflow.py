@@ -22,12 +22,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from rich.console import Console
+
 from ml.core.net import free_port
 from ml.core.settings import Settings, get_settings
 from ml.ops.dag_helpers import utc_midnight
-
-ACTIVE_RUN_STATES = frozenset({"queued", "running"})
-
+from ml.ops.progress import ACTIVE_RUN_STATES, RunsDisplay
 
 FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
 
@@ -159,6 +159,7 @@ class LocalAirflow:
         components: tuple[str, ...] = COMPONENTS,
         startup_timeout: float = 240.0,
         extra_env: Mapping[str, str] | None = None,
+        progress: bool = True,
     ) -> None:
         self.settings = settings or get_settings()
         self.port = api_port or free_port()
@@ -171,6 +172,10 @@ class LocalAirflow:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._client: Any = None
         self.timings: dict[str, float] = {}
+        self.progress = progress
+        """Show the awaited runs' task states while waiting (``ml.ops.progress``); False: silent."""
+        self.console: Console | None = None
+        """The ``rich`` console progress goes to (None: stdout)."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> LocalAirflow:
@@ -419,8 +424,14 @@ class LocalAirflow:
         run_ids: list[str] | None = None,
         backfill_id: int | None = None,
         poll: float = 2.0,
+        *,
+        label: str | None = None,
+        step: tuple[str, int, int] | None = None,
     ) -> list[dict[str, Any]]:
         """Wait until no run of ``dag_id`` (or of ``run_ids``) is queued or running.
+
+        Meanwhile the states of the awaited runs' tasks show as they change, with the elapsed time
+        and a bar of runs done (see ``ml.ops.progress.RunsDisplay``), unless ``self.progress`` is off.
 
         Args:
             dag_id: the DAG.
@@ -428,6 +439,8 @@ class LocalAirflow:
             run_ids: only these runs (default: every run of the DAG).
             backfill_id: also wait until this backfill has created and completed all its runs.
             poll: seconds between polls.
+            label: what the progress display calls this wait (default: the DAG id).
+            step: ``(label, done, total)`` of the caller's loop, drawn as a bar above the runs.
 
         Returns:
             The runs, oldest first, all successful.
@@ -436,10 +449,30 @@ class LocalAirflow:
             AirflowRunError: a run failed (naming its failed tasks and their log files with the log
                 tail), a component died, or the timeout passed.
         """
+        display = RunsDisplay(label or dag_id, dag_id, run_ids, step, self.console)
+        with display if self.progress else contextlib.nullcontext():
+            runs = self._poll_runs(dag_id, timeout, run_ids, backfill_id, poll, display)
+        failed = [r for r in runs if r["state"] != "success"]
+        if failed:
+            raise AirflowRunError(self._describe_failures(dag_id, failed))
+        return runs
+
+    def _poll_runs(
+        self,
+        dag_id: str,
+        timeout: float,
+        run_ids: list[str] | None,
+        backfill_id: int | None,
+        poll: float,
+        display: RunsDisplay,
+    ) -> list[dict[str, Any]]:
+        """Poll until the runs are done (see :meth:`wait_for_runs`), feeding ``display``; the runs."""
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
             runs = [r for r in self.runs(dag_id) if run_ids is None or r["dag_run_id"] in run_ids]
+            if self.progress:
+                display.update(runs, self._read_tasks(dag_id, display.runs_to_read(runs)))
             active = [r for r in runs if r["state"] in ACTIVE_RUN_STATES]
             backfill_done = True
             if backfill_id is not None:
@@ -456,10 +489,16 @@ class LocalAirflow:
                     f"scheduler log: {self.log_dir / 'scheduler.log'}"
                 )
             time.sleep(poll)
-        failed = [r for r in runs if r["state"] != "success"]
-        if failed:
-            raise AirflowRunError(self._describe_failures(dag_id, failed))
         return runs
+
+    def _read_tasks(self, dag_id: str, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The task instances of ``run_ids``; a run the API cannot answer for now is left out."""
+        tasks = {}
+        for run_id in run_ids:
+            # Progress is best effort: a slow or restarting API server must not fail the wait.
+            with contextlib.suppress(AirflowRunError, OSError, KeyError):
+                tasks[run_id] = self.task_instances(dag_id, run_id)
+        return tasks
 
     def _describe_failures(self, dag_id: str, runs: list[dict[str, Any]]) -> str:
         lines = [f"{len(runs)} run(s) of {dag_id!r} did not succeed:"]

@@ -296,3 +296,67 @@ def test_a_failed_run_names_its_failed_tasks_and_their_logs(
     assert "AirflowFailException: QualityGateError: retail 61%" in message
     assert "task dbt_build: upstream_failed" in message
     assert "task ingest" not in message
+
+
+# -- progress while waiting -----------------------------------------------------------------------
+def test_a_wait_shows_its_runs_task_states_as_they_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    airflow = LocalAirflow(Settings(work_dir=tmp_path / "work", pii_salt="x"))  # type: ignore[arg-type]
+    out = io.StringIO()
+    airflow.console = Console(file=out, force_terminal=False, width=200)
+    run_id = "manual__2026-12-02T10:00:00.123456+00:00"
+    polls = iter(
+        [
+            ("running", [("ingest", "running"), ("dbt_build", None)]),
+            ("running", None),  # the task instances are not readable this time: the wait goes on
+            ("running", [("ingest", "success"), ("dbt_build", "running")]),
+            ("success", [("ingest", "success"), ("dbt_build", "success")]),
+        ]
+    )
+    current: dict[str, Any] = {}
+    reads: list[str] = []
+
+    def api(method, path, body=None, params=None):  # LocalAirflow.api's signature
+        if path == "/api/v2/dags/d/dagRuns":
+            current["state"], current["tasks"] = next(polls)
+            return {"dag_runs": [{"dag_run_id": "manual__old", "state": "success"},
+                                 {"dag_run_id": run_id, "state": current["state"]}]}  # fmt: skip
+        reads.append(path)
+        if current["tasks"] is None:
+            raise AirflowRunError(f"GET {path} -> HTTP 503")
+        return {"task_instances": [{"task_id": t, "state": s} for t, s in current["tasks"]]}
+
+    monkeypatch.setattr(airflow, "api", api)
+    runs = airflow.wait_for_runs("d", timeout=5, poll=0.0, label="d bootstrap")
+    assert [r["state"] for r in runs] == ["success", "success"]
+    # Only the awaited run's tasks are read, never those of the run that ended before the wait.
+    assert set(reads) == {f"/api/v2/dags/d/dagRuns/{run_id}/taskInstances"}
+    lines = [line.split("] ", 1)[-1] for line in out.getvalue().splitlines()]
+    assert lines[0] == "… waiting for d bootstrap"
+    assert lines[1:-1] == [
+        "d manual__2026-12-02T10:00:00 ingest: running",
+        "d manual__2026-12-02T10:00:00 ingest: running → success",
+        "d manual__2026-12-02T10:00:00 dbt_build: running",
+        "d manual__2026-12-02T10:00:00 dbt_build: running → success",
+        "d manual__2026-12-02T10:00:00: run success",
+    ]
+    assert lines[-1].startswith("✓ d bootstrap: 1 run (1 success) in ")
+
+
+def test_a_wait_without_progress_prints_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    airflow = LocalAirflow(Settings(work_dir=tmp_path / "work", pii_salt="x"), progress=False)  # type: ignore[arg-type]
+
+    def api(method, path, body=None, params=None):  # LocalAirflow.api's signature
+        assert path == "/api/v2/dags/d/dagRuns", "no task instances are read without progress"
+        return {"dag_runs": [{"dag_run_id": "r", "state": "success"}]}
+
+    monkeypatch.setattr(airflow, "api", api)
+    assert airflow.wait_for_runs("d", timeout=5, poll=0.0) == [{"dag_run_id": "r", "state": "success"}]
+    assert capsys.readouterr().out == ""
