@@ -200,7 +200,8 @@ class Settings(BaseSettings):
         360.0,
         ge=0.0,
         description="After monitoring triggered a retraining, it triggers no other for this long "
-        "(alerts are still sent).",
+        "(alerts are still sent), counted in data-interval time: between the ends of the "
+        "monitored intervals, not the wall-clock times of the decisions.",
     )
     alert_webhook_url: str | None = Field(
         None,

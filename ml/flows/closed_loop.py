@@ -333,18 +333,33 @@ def render_monitoring(result: DemoResult, settings: Settings) -> str:
     def pct(value: Any) -> str:
         return "-" if value is None or value != value else f"{float(value):.0%}"
 
-    for row in runs.itertuples(index=False):
+    # Unpausing monitor_drift also runs it for the present interval, past the replayed data: no
+    # data, nothing judged. Those runs are left out (and counted), so the table is the replay.
+    replay_end = date.fromisoformat(settings.replay_later_end)
+    replayed = [
+        row
+        for row in runs.itertuples(index=False)
+        if date.fromisoformat(str(row.interval_start)[:10]) < replay_end
+    ]
+    for row in replayed:
         hit = (
             "-"
             if row.online_hit_rate is None or row.online_hit_rate != row.online_hit_rate
             else f"{row.online_hit_rate:.3f}"
         )
         lines.append(
-            f"  [{row.interval_start}, {row.interval_end})   {row.model_version!s:<38} "
+            f"  [{str(row.interval_start)[:10]}, {str(row.interval_end)[:10]})   {row.model_version!s:<38} "
             f"{pct(row.data_drift_share):>10} {pct(row.prediction_drift_share):>10} {hit:>9}  {row.action}"
         )
         if row.action != "none":
             lines.append(f"      {row.reason}")
+    if len(runs) > len(replayed):
+        lines.append(
+            f"  ({len(runs) - len(replayed)} scheduled run(s) for the present interval, after the "
+            f"replayed data ({replay_end}), left out: no data to judge)"
+        )
+    if replayed and not any(row.action == "retrain" for row in replayed):
+        lines.append("  no monitoring alarm triggered a retraining in the replayed intervals")
     for traffic in result.traffic:
         lines.append(
             f"  traffic {traffic['interval'][0]}: {traffic['users']} shoppers, {traffic['requests']}, "

@@ -2,6 +2,15 @@
 
 The decision honours the in-flight limit (no second retraining while one runs) and the cool-down;
 every decision is a row of ``monitoring.runs`` and goes to the notifier (log, optional webhook).
+
+**The cool-down counts in data-interval time.** It is measured between the *ends of the monitored
+intervals* (``monitoring.runs.interval_end``, written by every run since the table exists), not
+between the wall-clock times the decisions were taken (``decided_at``, kept as a record). So a
+backfill of a year decides as a year in production would: a monthly interval that alarms a month
+after the last retraining may retrain again, however fast the backfill runs, while the same interval
+monitored twice (or two intervals closer than the cool-down) retrains once. A retraining triggered
+for data on *either* side counts: a backfill that runs out of order, or a rerun of an old interval,
+is held off by a retraining for nearby data too.
 """
 
 from __future__ import annotations
@@ -9,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -31,15 +40,21 @@ class Decision:
 
 
 def decide(
-    alarms: list[str], settings: Settings, in_flight: int, last_retrain_at: datetime | None, now: datetime
+    alarms: list[str],
+    settings: Settings,
+    in_flight: int,
+    last_retrain_at: datetime | date | None,
+    interval_end: datetime | date,
 ) -> Decision:
     """What to do about a monitoring result.
 
     Args:
         alarms: :meth:`MonitorResult.alarms`.
         in_flight: train_recommender runs queued or running now.
-        last_retrain_at: when monitoring last triggered a retraining (None: never).
-        now: the decision time (UTC).
+        last_retrain_at: the end of the monitored interval whose run triggered the retraining
+            nearest to this one (:func:`last_retrain_at`; None: never).
+        interval_end: the end of the monitored interval: the cool-down
+            (``retrain_cooldown_minutes``) counts in data-interval time, not wall-clock time.
     """
     if not alarms:
         return Decision("none", "no drift, online quality fine", [])
@@ -49,26 +64,62 @@ def decide(
             "alert", f"{why} - retraining not triggered: {in_flight} training run(s) in flight", alarms
         )
     cooldown = timedelta(minutes=settings.retrain_cooldown_minutes)
-    if last_retrain_at is not None and now - last_retrain_at < cooldown:
-        until = (last_retrain_at + cooldown).isoformat(timespec="minutes")
-        return Decision("alert", f"{why} - retraining not triggered: cool-down until {until}", alarms)
+    if last_retrain_at is not None:
+        last, end = _utc(last_retrain_at), _utc(interval_end)
+        if abs(end - last) < cooldown:
+            until = (last + cooldown).isoformat(timespec="minutes")
+            return Decision(
+                "alert",
+                f"{why} - retraining not triggered: cool-down until {until} in data-interval time "
+                f"(a retraining was triggered for the interval ending {last.isoformat(timespec='minutes')})",
+                alarms,
+            )
     return Decision("retrain", why, alarms)
 
 
-def last_retrain_at(settings: Settings) -> datetime | None:
-    """When monitoring last decided to retrain (from ``monitoring.runs``)."""
+def _utc(value: datetime | date) -> datetime:
+    """An aware UTC datetime; a date is its midnight (interval bounds are days)."""
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def last_retrain_at(
+    settings: Settings, interval_end: datetime | date | None = None, run_id: str | None = None
+) -> datetime | None:
+    """The end of the monitored interval whose run last triggered a retraining (``monitoring.runs``).
+
+    Args:
+        interval_end: the interval being decided: the retraining whose interval end is nearest
+            to it, on either side (None: the latest).
+        run_id: this run, whose own earlier row is left out, so that a rerun decides as the
+            first attempt did.
+    """
 
     warehouse = Warehouse(settings)
     if not warehouse.table_exists("monitoring.runs"):
         return None
-    value = warehouse.scalar("select max(decided_at) from monitoring.runs where action = 'retrain'")
-    if value is None or pd.isna(value):
+    ends = warehouse.read(
+        "select run_id, interval_end from monitoring.runs where action = 'retrain' "
+        "and interval_end is not null"
+    )
+    if run_id is not None:
+        ends = ends[ends["run_id"] != run_id]
+    if ends.empty:
         return None
-    return pd.Timestamp(value).tz_localize(UTC).to_pydatetime()
+    instants = [_utc(pd.Timestamp(value).to_pydatetime()) for value in ends["interval_end"]]
+    if interval_end is None:
+        return max(instants)
+    end = _utc(interval_end)
+    return min(instants, key=lambda instant: (abs(instant - end), instant))
 
 
 def record_run(result: MonitorResult, decision: Decision, settings: Settings, now: datetime) -> None:
-    """Replace this run's row in ``monitoring.runs`` (a rerun overwrites it)."""
+    """Replace this run's row in ``monitoring.runs`` (a rerun overwrites it).
+
+    ``now`` is the wall-clock time of the decision (``decided_at``, a record); the cool-down reads
+    the row's ``interval_end`` (:func:`last_retrain_at`).
+    """
 
     warehouse = Warehouse(settings)
     row = {

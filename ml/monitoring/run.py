@@ -6,7 +6,9 @@ One monitoring run judges one data interval ``[start, end)`` for the champion:
   champion's *reference*: the same features over the last ``drift_reference_days`` of its
   training data, computed once when the model was registered (``monitoring_reference.parquet`` in
   the version folder, see ``ml.monitoring.features.write_reference``). Columns: item category,
-  brand and price, title length, rating, the user's history length and tenure, the item's age, user activity.
+  brand and price, title length, rating, the user's history length and activity, and the user's
+  and item's lifecycle stage (new / recent / established: tenure and age in days drift with the
+  calendar alone, so they are reported as context, not tested; see ``ml.monitoring.features``).
 * **prediction drift** - what the Bento recommended in this run's batch of the request log
   (``ml.monitoring.request_logs``) against the first batch the same version served: top and mean score,
   the top item's category, the popularity of what is recommended, the answer strategy.
@@ -46,9 +48,11 @@ from ml.monitoring.features import (
     PREDICTION_CATEGORICAL,
     PREDICTION_NUMERICAL,
     catalog_categories,
+    context_summary,
     interaction_features,
     prediction_features,
     read_interactions,
+    with_lifecycles,
 )
 from ml.monitoring.online import OnlineQuality, online_quality
 
@@ -115,7 +119,7 @@ def _champion(settings: Settings) -> Any:
 
 def _reference_features(version: Any) -> pd.DataFrame | None:
     path = Path(version.path) / REFERENCE_FILE
-    return pd.read_parquet(path) if path.exists() else None
+    return with_lifecycles(pd.read_parquet(path)) if path.exists() else None
 
 
 def _item_popularity(version: Any) -> pd.Series:
@@ -158,6 +162,9 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
         snapshots["data"], result.data = drift_report(
             current, reference, DATA_NUMERICAL, DATA_CATEGORICAL, settings, "data", _at(start)
         )
+        context = context_summary(current, reference)
+        if context:
+            result.notes.append(context)
 
     served = request_logs.read_batch(run_id, settings, endpoint="recommend")
     served = served[served["model_version"] == version.tag] if not served.empty else served

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, ClassVar
 
@@ -14,9 +14,17 @@ import pytest
 
 from ml.core.pii import user_hash
 from ml.core.settings import Settings
-from ml.monitoring.decision import Decision, decide, notify
+from ml.monitoring.decision import Decision, decide, last_retrain_at, notify, record_run
 from ml.monitoring.drift import drift_report
-from ml.monitoring.features import DATA_CATEGORICAL, DATA_NUMERICAL, prediction_features
+from ml.monitoring.features import (
+    CONTEXT_NUMERICAL,
+    DATA_CATEGORICAL,
+    DATA_NUMERICAL,
+    interaction_features,
+    lifecycle_stage,
+    prediction_features,
+    with_lifecycles,
+)
 from ml.monitoring.online import online_quality
 from ml.monitoring.run import MonitorResult
 
@@ -24,20 +32,54 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def test_no_alarm_means_no_action(settings: Settings) -> None:
-    assert decide([], settings, in_flight=0, last_retrain_at=None, now=NOW).action == "none"
+    assert decide([], settings, in_flight=0, last_retrain_at=None, interval_end=NOW).action == "none"
 
 
 def test_alarm_retrains_unless_in_flight_or_cooling_down(settings: Settings) -> None:
     alarms = ["data drift: 60% of columns drifted (price)"]
     assert decide(alarms, settings, 0, None, NOW) == Decision("retrain", alarms[0], alarms)
 
-    busy = decide(alarms, settings, in_flight=1, last_retrain_at=None, now=NOW)
+    busy = decide(alarms, settings, in_flight=1, last_retrain_at=None, interval_end=NOW)
     assert busy.action == "alert" and "1 training run(s) in flight" in busy.reason
 
     cooldown = settings.retrain_cooldown_minutes
     recent = decide(alarms, settings, 0, NOW - timedelta(minutes=cooldown - 1), NOW)
     assert recent.action == "alert" and "cool-down until" in recent.reason
     assert decide(alarms, settings, 0, NOW - timedelta(minutes=cooldown + 1), NOW).action == "retrain"
+    # Data on either side counts: a retraining for a later interval holds off an earlier one.
+    assert decide(alarms, settings, 0, NOW + timedelta(minutes=cooldown - 1), NOW).action == "alert"
+    assert decide(alarms, settings, 0, NOW + timedelta(minutes=cooldown + 1), NOW).action == "retrain"
+    # Interval bounds are days: a date is its UTC midnight.
+    day = date(2014, 3, 1)
+    assert decide(alarms, settings, 0, day, datetime(2014, 3, 1, tzinfo=UTC)).action == "alert"
+
+
+def test_the_cool_down_counts_in_data_interval_time(settings: Settings) -> None:
+    """A year backfilled in seconds decides as a year in production: with a 45-day cool-down, an
+    alarm every month retrains every other month (by wall clock, only the first would)."""
+    settings = settings.model_copy(update={"retrain_cooldown_minutes": 45 * 24 * 60.0})
+    alarms = ["online quality: hit rate 0.017 over 300 recommendations, below 0.051 offline"]
+    assert last_retrain_at(settings) is None  # no monitoring.runs table yet
+    actions = []
+    for month in range(1, 13):
+        start, end = date(2014, month, 1), date(2014 + month // 12, month % 12 + 1, 1)
+        run_id = f"backfill__2014-{month:02d}"
+        decision = decide(alarms, settings, 0, last_retrain_at(settings, end, run_id), end)
+        result = MonitorResult(run_id, str(start), str(end), "v1", None, None, None, "/r")
+        record_run(result, decision, settings, datetime.now(UTC))  # all decided within a second
+        actions.append(decision.action)
+    assert actions == ["retrain", "alert"] * 6
+    assert last_retrain_at(settings) == datetime(2014, 12, 1, tzinfo=UTC)  # the latest
+    assert last_retrain_at(settings, date(2014, 2, 20)) == datetime(2014, 2, 1, tzinfo=UTC)  # nearest
+
+    # A rerun of a run that retrained is not held off by its own first decision ...
+    own = last_retrain_at(settings, date(2014, 2, 1), "backfill__2014-01")
+    assert own == datetime(2014, 4, 1, tzinfo=UTC)
+    assert decide(alarms, settings, 0, own, date(2014, 2, 1)).action == "retrain"
+    # ... but another run of the same interval is.
+    again = last_retrain_at(settings, date(2014, 2, 1), "manual__again")
+    assert decide(alarms, settings, 0, again, date(2014, 2, 1)).action == "alert"
+    assert "interval ending 2014-02-01" in decide(alarms, settings, 0, again, date(2014, 2, 1)).reason
 
 
 def test_online_hit_rate_on_a_hand_computed_case(settings: Settings) -> None:
@@ -87,6 +129,102 @@ def test_drift_report_finds_exactly_the_columns_that_changed(settings: Settings)
     assert moved.share == 0.5 and moved.drifted  # 2 of 4 columns, threshold 0.5
     assert moved.columns["price"] > 0.5 and moved.columns["title_length"] < 0.05
     assert snapshot.dict()["metrics"]  # a real Evidently snapshot, savable as HTML/JSON
+
+
+ORIGIN = pd.Timestamp("2010-01-01")
+DAY = pd.Timedelta(days=1)
+
+
+def _calendar_world(rng: np.random.Generator, days: int = 1000, arrivals: int = 6) -> pd.DataFrame:
+    """Mart rows of a world whose mix never changes: the warehouse starts at day 0, ``arrivals``
+    users a day arrive (their first event), each stays active for an exponential lifetime (mean
+    600 days) buying 0.05 times a day; an item sells most when new and fades (age at a sale
+    exponential, mean 400 days, at most the warehouse's age). Item and catalog columns are
+    stationary noise."""
+    n = arrivals * days
+    arrive, life = rng.uniform(0, days, n), rng.exponential(600, n)
+    user = np.repeat(np.arange(n), 1 + rng.poisson(0.05 * life))
+    first_of_user = np.r_[True, user[1:] != user[:-1]]
+    t = arrive[user] + np.where(first_of_user, 0.0, rng.uniform(0, 1, len(user)) * life[user])
+    keep = t < days
+    user, t = user[keep], t[keep]
+    age = np.minimum(rng.exponential(400, len(t)), t)
+    return _mart_rows(rng, t, arrive[user], t - age)
+
+
+def _mart_rows(
+    rng: np.random.Generator, t: np.ndarray, user_first: np.ndarray, item_first: np.ndarray
+) -> pd.DataFrame:
+    n = len(t)
+    return pd.DataFrame(
+        {
+            "event_ts": ORIGIN + t * DAY,
+            "user_first_ts": ORIGIN + user_first * DAY,
+            "item_first_ts": ORIGIN + item_first * DAY,
+            "price": rng.lognormal(2.5, 0.6, n),
+            "title": ["t" * k for k in rng.integers(20, 80, n)],
+            "rating": rng.integers(1, 6, n).astype(float),
+            "sequence_number": rng.poisson(6, n) + 1,
+            "user_events_30d": rng.poisson(2, n) + 1,
+            "category": rng.choice(["Skin", "Hair", "Makeup"], n),
+            "brand": rng.choice(["A", "B", "C", "D"], n),
+        }
+    )
+
+
+def _days(frame: pd.DataFrame, first: float, end: float) -> pd.DataFrame:
+    return frame[frame["event_ts"].between(ORIGIN + first * DAY, ORIGIN + end * DAY, inclusive="left")]
+
+
+def test_lifecycle_stages_bucket_days_since_first_seen() -> None:
+    days = pd.Series([0.0, 6.99, 7.0, 29.9, 30.0, 4000.0, None])
+    expected = ["new", "new", "recent", "recent", "established", "established", "unknown"]
+    assert lifecycle_stage(days).tolist() == expected
+    # A reference written before the stages existed gets them from its days.
+    old = pd.DataFrame({"user_tenure_days": [1.0, 400.0], "item_age_days": [10.0, None]})
+    assert with_lifecycles(old)["user_lifecycle"].tolist() == ["new", "established"]
+    assert with_lifecycles(old)["item_lifecycle"].tolist() == ["recent", "unknown"]
+    assert set(CONTEXT_NUMERICAL).isdisjoint(DATA_NUMERICAL + DATA_CATEGORICAL)
+
+
+def test_a_calendar_shift_alone_does_not_drift_but_a_change_of_the_user_mix_does(settings: Settings) -> None:
+    rng = np.random.default_rng(5)
+    world = _calendar_world(rng)
+    # The champion's reference: the last 90 days of a 2-year-old training world; six months on.
+    reference = interaction_features(_days(world, 640, 730))
+    later = _days(world, 910, 940)
+    _, calendar = drift_report(
+        interaction_features(later),
+        reference,
+        DATA_NUMERICAL + CONTEXT_NUMERICAL,
+        DATA_CATEGORICAL,
+        settings,
+        "data",
+    )
+    # Tenure and age in days drift with the date alone (why they are context, not monitored) ...
+    threshold = settings.drift_column_threshold
+    assert calendar.columns["user_tenure_days"] > threshold and calendar.columns["item_age_days"] > threshold
+    # ... while the lifecycle stages, and so the monitored columns, stay where they were.
+    assert calendar.columns["user_lifecycle"] < 0.03 and calendar.columns["item_lifecycle"] < 0.03
+    _, monitored = drift_report(
+        interaction_features(later), reference, DATA_NUMERICAL, DATA_CATEGORICAL, settings, "data"
+    )
+    assert monitored.drifted_columns == [] and monitored.share == 0.0 and not monitored.drifted
+
+    # A campaign brings 1,500 new shoppers in the same month, each buying twice in their first 5 days.
+    arrive = rng.uniform(910, 935, 1_500).repeat(2)
+    t = arrive + rng.uniform(0, 5, len(arrive))
+    campaign = _mart_rows(rng, t, arrive, t - np.minimum(rng.exponential(400, len(t)), t))
+    _, mix = drift_report(
+        interaction_features(pd.concat([later, campaign], ignore_index=True)),
+        reference,
+        DATA_NUMERICAL,
+        DATA_CATEGORICAL,
+        settings,
+        "data",
+    )
+    assert mix.drifted_columns == ["user_lifecycle"] and mix.columns["user_lifecycle"] > 0.2
+    assert mix.columns["item_lifecycle"] < 0.03
 
 
 def test_drift_sampling_bounds_the_rows_compared(settings: Settings) -> None:
