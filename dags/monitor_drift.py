@@ -15,7 +15,8 @@ world changed.
    Evidently workspace (`evidently ui --workspace <work_dir>/evidently`).
 3. **decide** (branch) - alarms past the thresholds in settings (`SHOPFLOW_DRIFT_SHARE_THRESHOLD`,
    `SHOPFLOW_MIN_ONLINE_HIT_RATIO`, ...) → `trigger_retraining` + `alert`; alarms while a training
-   run is in flight or within `SHOPFLOW_RETRAIN_COOLDOWN_MINUTES` of the last trigger → `alert` only;
+   run is in flight or within `SHOPFLOW_RETRAIN_COOLDOWN_MINUTES` of the last trigger (counted between
+   monitored intervals' ends: data time) → `alert` only;
    no alarm → `no_action`. Every decision is a row of `monitoring.runs`.
 4. **trigger_retraining** - `TriggerDagRunOperator` on `train_recommender` with the reason and the
    report folder in its conf (run id `monitor__<this run id>`).
@@ -86,17 +87,20 @@ def monitor_drift() -> None:
 
     @task.branch
     def decide(result: dict[str, Any]) -> list[str]:
-        """Retrain, alert only, or nothing (`ml.monitoring.run.decide`); recorded in `monitoring.runs`."""
-        from datetime import UTC, datetime
+        """Retrain, alert only, or nothing (`ml.monitoring.decision.decide`); recorded in
+        `monitoring.runs`."""
+        from datetime import UTC, date, datetime
 
         from ml.monitoring.decision import decide, last_retrain_at, record_run
         from ml.monitoring.run import MonitorResult
 
         context = get_current_context()
         in_flight = context["ti"].get_dr_count(dag_id=TRAIN_DAG, states=["queued", "running"])
-        now = datetime.now(UTC)
-        decision = decide(result["alarms"], _settings, in_flight, last_retrain_at(_settings), now)
-        record_run(MonitorResult.from_dict(result), decision, _settings, now)
+        # The cool-down is counted between the ends of monitored intervals (data time).
+        end = date.fromisoformat(str(result["interval_end"])[:10])
+        last = last_retrain_at(_settings, end, result["run_id"])
+        decision = decide(result["alarms"], _settings, in_flight, last, end)
+        record_run(MonitorResult.from_dict(result), decision, _settings, datetime.now(UTC))
         context["ti"].xcom_push(
             key="decision", value={**decision.__dict__, "report_dir": result["report_dir"]}
         )

@@ -304,7 +304,6 @@ def monitor(start: Day, end: Day) -> None:
     of its own (a later monitor_drift run judges only lines after them), compute data drift,
     prediction drift and online quality (Evidently reports + workspace), and say what
     monitor_drift would decide. Nothing is triggered and no decision is recorded."""
-    from datetime import UTC
 
     from ml.monitoring.decision import decide, last_retrain_at
     from ml.monitoring.request_logs import RequestLogError, load_request_logs
@@ -331,7 +330,8 @@ def monitor(start: Day, end: Day) -> None:
         )
     for note in result.notes:
         typer.echo(f"note: {note}")
-    decision = decide(result.alarms(), settings, 0, last_retrain_at(settings), datetime.now(UTC))
+    last = last_retrain_at(settings, end.date(), run_id)
+    decision = decide(result.alarms(), settings, 0, last, end.date())
     typer.echo(f"decision monitor_drift would take: {decision.action} - {decision.reason}")
 
 

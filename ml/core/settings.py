@@ -197,9 +197,10 @@ class Settings(BaseSettings):
         30, ge=1, description="Fewer served recommendations than this: online quality is not judged."
     )
     retrain_cooldown_minutes: float = Field(
-        360.0,
+        90 * 24 * 60.0,
         ge=0.0,
         description="After monitoring triggered a retraining, it triggers no other for this long "
+        "(default 90 days: at most one drift-triggered retraining per quarter of data) "
         "(alerts are still sent), counted in data-interval time: between the ends of the "
         "monitored intervals, not the wall-clock times of the decisions.",
     )
