@@ -6,8 +6,10 @@ tested in-process and the BentoML service (``serving/service.py``) is only IO an
 
 Retrieval is exact maximum inner product through faiss (``IndexFlatIP``): over the model's item
 table for recommendations (the score the model was trained to rank by), and over L2-normalised
-vectors (cosine) for similar items and text search. Flat indexes are exact and, at catalog sizes
-of 10^4-10^5 items, answer in well under a millisecond; an IVF/HNSW index is a drop-in swap past that.
+vectors (cosine) for similar items and dense text search; ``/search`` fuses that with BM25 and the
+query's intent (``ml.retrieval``, built here at load from the version's item texts). Flat indexes
+are exact and, at catalog sizes of 10^4-10^5 items, answer in well under a millisecond; an IVF/HNSW
+index is a drop-in swap past that.
 
 User histories: a user id is looked up in ``histories.parquet`` (columns user_id, item_id,
 position) beside ``model/`` in the version folder (see :func:`write_histories`), else in the
@@ -34,6 +36,8 @@ from ml.core.artifacts import HISTORIES_FILE, METADATA_FILE, read_histories, run
 from ml.core.pii import scrub, user_hash
 from ml.core.settings import Settings
 from ml.modeling.model import load
+from ml.retrieval.facts import CatalogFacts
+from ml.retrieval.hybrid import DEFAULT_MODE, MODES, PERSONAL_MODE, HybridSearcher
 
 LOG_DIR_NAME = "serving_logs"
 
@@ -214,6 +218,15 @@ def _flat_index(matrix: np.ndarray) -> Any:
     return index
 
 
+def resolve_mode(mode: str | None, user_id: str | None) -> str:
+    """The search method: the one asked, else hybrid with intent (personal when a user is given)."""
+    if mode is None:
+        return PERSONAL_MODE if user_id is not None else DEFAULT_MODE
+    if mode not in MODES:
+        raise ServingError(400, f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+    return mode
+
+
 class ServingModel:
     """A registered model version ready to answer requests.
 
@@ -252,9 +265,20 @@ class ServingModel:
         self.warm = model.warm.cpu().numpy() > 0
         self.unit_text: np.ndarray | None = None
         self.text_index: Any = None
+        self.retriever: HybridSearcher | None = None
         if model.config.use_text:
             self.unit_text = _normalized(model.text_embeddings.cpu().numpy())
             self.text_index = _flat_index(self.unit_text)
+            # Hybrid search reads the same catalog snapshot: BM25 over the item texts, brand,
+            # category and price band parsed back from them (the version keeps no other item table).
+            searchable = np.ones(len(self.item_ids), dtype=bool)
+            searchable[0] = False  # the padding row
+            self.retriever = HybridSearcher(
+                CatalogFacts.from_texts(self.item_ids, model.item_texts),
+                model.item_texts,
+                self.unit_text,
+                searchable,
+            )
         self.histories, self.histories_source = _find_histories(
             self.version_dir, Path(work_dir) if work_dir else None
         )
@@ -274,6 +298,8 @@ class ServingModel:
         """
         if self.text_index is not None:
             self.encode_queries(["warm up"])
+        if self.retriever is not None:
+            self.retriever.search("warm up", 1, "bm25")  # the tokenizer's and intent parser's first pass
         if len(self.item_ids) <= 1:
             return 0
         self._user_vector([1])
@@ -442,32 +468,88 @@ class ServingModel:
             vectors = self.model.text_encoder().encode(list(texts)).numpy()
         return _normalized(vectors)
 
-    def search_vector(self, query: str, vector: np.ndarray, k: int = 10) -> dict[str, Any]:
-        """The answer for one query whose normalised vector is already encoded (logged)."""
+    def search_vector(
+        self,
+        query: str,
+        vector: np.ndarray | None,
+        k: int = 10,
+        mode: str | None = None,
+        user_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The answer for one query whose normalised vector is already encoded (logged).
+
+        ``mode`` is one of :data:`ml.retrieval.hybrid.MODES`; None means ``hybrid_intent``, or
+        ``hybrid_intent_personal`` when a ``user_id`` is given. ``vector`` may be None for ``bm25``.
+        """
         started = time.perf_counter()
-        found = self._search(self.text_index, vector, k, set())
+        if self.retriever is None:
+            raise ServingError(501, f"model {self.tag} has no text encoder (ID-only): search is unavailable")
+        mode = resolve_mode(mode, user_id)
+        user_scores, note = None, None
+        if mode == PERSONAL_MODE:
+            index = self.model._index
+            history = [index[i] for i in self.histories.get(str(user_id), []) if i in index]
+            if history:
+                user_scores = self.table @ self._user_vector(history)
+            else:
+                note = f"user {user_id!r} has no history with model {self.tag}: results are not personalised"
+        result = self.retriever.search(query, k, mode, query_vector=vector, user_scores=user_scores)
+        facts = self.retriever.facts
+        items = []
+        for j, score in zip(result.indices, result.scores, strict=True):
+            high = facts.price_high[j]
+            items.append(
+                {
+                    **self._hit(j, score).__dict__,
+                    "brand": facts.brands[j],
+                    "category": facts.categories[j],
+                    "price_band": facts.price_bands[j],
+                    "price_min": None if np.isnan(facts.price_low[j]) else float(facts.price_low[j]),
+                    "price_max": None if not np.isfinite(high) else float(high),
+                }
+            )
+        intent = result.intent.public()
         response = {
             "model_version": self.tag,
             "query": query,
-            "items": [self._hit(j, s).__dict__ for j, s in found],
+            "mode": mode,
+            "personalized": user_scores is not None,
+            "intent": intent,
+            "note": result.note or note,
+            "items": items,
         }
         # The log keeps what was searched for, not who: e-mails and phone numbers are scrubbed.
-        self._log("search", started, response, request={"query": scrub(query), "k": k})
+        # The intent goes with it, so monitoring can follow the mix of brands, categories and
+        # price limits asked for (query drift).
+        logged_intent = {**intent, "terms": scrub(intent["terms"])}
+        self._log(
+            "search",
+            started,
+            response,
+            user_id=user_id,
+            request={"query": scrub(query), "k": k, "mode": mode, "intent": logged_intent},
+        )
         return response
 
-    def search_many(self, queries: Sequence[str], k: int = 10) -> list[dict[str, Any]]:
+    def search_many(
+        self, queries: Sequence[str], k: int = 10, mode: str | None = None
+    ) -> list[dict[str, Any]]:
         """Text search for several queries at once (one encoder batch)."""
         vectors = self.encode_queries(queries)
-        return [self.search_vector(q, v, k) for q, v in zip(queries, vectors, strict=True)]
+        return [self.search_vector(q, v, k, mode) for q, v in zip(queries, vectors, strict=True)]
 
-    def search(self, query: str, k: int = 10) -> dict[str, Any]:
-        """Items whose text is closest (cosine) to a free-text query.
+    def search(
+        self, query: str, k: int = 10, mode: str | None = None, user_id: str | None = None
+    ) -> dict[str, Any]:
+        """Items for a free-text query, by ``mode`` (see :meth:`search_vector`; default hybrid
+        BM25 + dense with the query's intent).
 
-        Concurrent callers share encoder passes (:class:`QueryCombiner`).
+        Concurrent callers share encoder passes (:class:`QueryCombiner`); ``bm25`` needs none.
         """
         if self.text_index is None:
             raise ServingError(501, f"model {self.tag} has no text encoder (ID-only): search is unavailable")
-        return self.search_vector(query, self.query_combiner(query), k)
+        vector = None if mode == "bm25" else self.query_combiner(query)
+        return self.search_vector(query, vector, k, mode, user_id)
 
     # -- logging -------------------------------------------------------------------------------
     def _log(

@@ -29,7 +29,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
 from bentoml.exceptions import BentoMLException
@@ -127,10 +127,90 @@ class SimilarResponse(BaseModel):
     items: list[Item]
 
 
+SearchMode = Literal["dense", "bm25", "hybrid", "hybrid_intent", "hybrid_intent_personal"]
+"""The search methods of ml.retrieval.hybrid.MODES (a test checks the two lists agree)."""
+
+
+def _nullable_enum(schema: dict[str, Any]) -> None:
+    """:func:`_nullable`, and ``null`` listed in the enum (OpenAPI 3.0 wants both for a nullable enum)."""
+    _nullable(schema)
+    if "enum" in schema and None not in schema["enum"]:
+        schema["enum"] = [*schema["enum"], None]
+
+
+class SearchItem(Item):
+    score: float = Field(
+        description="Retrieval score, by mode: cosine (dense), BM25 (bm25) or the reciprocal-rank "
+        "fusion score (hybrid modes)."
+    )
+    brand: str | None = Field(
+        None,
+        description="The item's brand as the catalog spells it; null when unknown.",
+        json_schema_extra=_nullable,
+    )
+    category: str | None = Field(
+        None,
+        description="The item's category path ('Beauty > Makeup > Eyes > Mascara'); null when unknown.",
+        json_schema_extra=_nullable,
+    )
+    price_band: str | None = Field(
+        None,
+        description="The item's price band ('under 5', '5-10', '10-25', '25-50', '50-100', '100+'): "
+        "the model keeps bands, not exact prices; null when the price is unknown.",
+        json_schema_extra=_nullable,
+    )
+    price_min: float | None = Field(
+        None,
+        description="Lower bound of the price band (inclusive); null when unknown.",
+        json_schema_extra=_nullable,
+    )
+    price_max: float | None = Field(
+        None,
+        description="Upper bound of the price band (exclusive); null when unknown or for the top band.",
+        json_schema_extra=_nullable,
+    )
+
+
+class SearchIntent(BaseModel):
+    brand: str | None = Field(
+        None,
+        description="Brand the query names (catalog spelling; typos tolerated).",
+        json_schema_extra=_nullable,
+    )
+    category: str | None = Field(
+        None,
+        description="Category the query names (one level of a catalog category path, e.g. 'Mascara').",
+        json_schema_extra=_nullable,
+    )
+    max_price: float | None = Field(
+        None,
+        description="Upper price limit asked for ('under $20', 'cheap'); null when none.",
+        json_schema_extra=_nullable,
+    )
+    min_price: float | None = Field(
+        None,
+        description="Lower price limit asked for ('over $20', 'between 10 and 15').",
+        json_schema_extra=_nullable,
+    )
+    terms: str = Field(description="The query's remaining free text (without price, brand and category).")
+
+
 class SearchResponse(BaseModel):
     model_version: str
     query: str
-    items: list[Item]
+    mode: SearchMode = Field(description="The search method that answered.")
+    personalized: bool = Field(description="Whether the user's recommender vector was blended in.")
+    intent: SearchIntent = Field(
+        description="What the query asks for; brand and price act as filters and the category as a "
+        "boost in the hybrid_intent modes only (other modes return it unapplied)."
+    )
+    note: str | None = Field(
+        None,
+        description="Why the answer is empty (no item fits the intent's filters) or not personalised; "
+        "null otherwise.",
+        json_schema_extra=_nullable,
+    )
+    items: list[SearchItem]
 
 
 # Strict: JSON "10" is not the integer 10, nor 0 the boolean false, for the document or the service.
@@ -159,11 +239,37 @@ Query = Annotated[
 ItemId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, examples=["B004Z40048"])]
 
 
+MODE_DESCRIPTION = (
+    "Search method: 'dense' (encoder cosine), 'bm25' (lexical), 'hybrid' (reciprocal-rank fusion of "
+    "both), 'hybrid_intent' (hybrid with the query's brand and price as filters and category as a "
+    "boost), 'hybrid_intent_personal' (hybrid_intent blended with the user's recommender ranking). "
+    "Null or absent: 'hybrid_intent', or 'hybrid_intent_personal' when a user_id is given."
+)
+
+
 class SearchQuery(BaseModel):
     model_config = ConfigDict(strict=True)
 
     query: Query
     k: K = 10
+    mode: SearchMode | None = Field(None, description=MODE_DESCRIPTION, json_schema_extra=_nullable_enum)
+
+
+class SearchRequest(BaseModel):
+    """The /search body: a query, optionally a method and a known user to personalise for."""
+
+    model_config = ConfigDict(strict=True)
+
+    query: Query
+    k: K = 10
+    mode: SearchMode | None = Field(None, description=MODE_DESCRIPTION, json_schema_extra=_nullable_enum)
+    user_id: str | None = Field(
+        None,
+        max_length=MAX_ID_CHARS,
+        description="A known (hashed) user id: personalises the default mode. Unknown ids get "
+        "unpersonalised results (and a note).",
+        json_schema_extra=_nullable,
+    )
 
 
 # One of the two histories, as JSON Schema says it: exactly one branch holds for any valid body.
@@ -556,13 +662,16 @@ class Recommender:
         except ServingError as error:
             raise _http_error(error) from error
 
-    @bentoml.api
-    def search(self, query: Query, k: K = 10) -> SearchResponse:
-        """Items whose text best matches a free-text query."""
+    @bentoml.api(input_spec=SearchRequest)
+    def search(
+        self, query: str, k: int = 10, mode: str | None = None, user_id: str | None = None
+    ) -> SearchResponse:
+        """Items for a free-text query: hybrid BM25 + dense with the query's intent by default
+        (the body: SearchRequest)."""
         from serving.engine import ServingError
 
         try:
-            return SearchResponse(**self.engine.search(query, k))
+            return SearchResponse(**self.engine.search(query, k, mode, user_id))
         except ServingError as error:
             raise _http_error(error) from error
 
@@ -574,11 +683,11 @@ class Recommender:
         try:
             # One encoder pass for the whole (merged) batch; k is per query.
             vectors = self.engine.encode_queries([q.query for q in queries])
+            out = []
+            for q, vector in zip(queries, vectors, strict=True):
+                out.append(SearchResponse(**self.engine.search_vector(q.query, vector, q.k, q.mode)))
         except ServingError as error:
             raise _http_error(error) from error
-        out = []
-        for q, vector in zip(queries, vectors, strict=True):
-            out.append(SearchResponse(**self.engine.search_vector(q.query, vector, q.k)))
         return out
 
 
