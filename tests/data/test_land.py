@@ -16,7 +16,7 @@ from ml.core.settings import PROJECT_DIR, Settings, get_settings
 from ml.data.ingest import ContractError, ingest_interval, read_landing_file
 from ml.data.land import LandError, land
 
-REVIEWS = PROJECT_DIR.parent / "shared/data/amazon_reviews_2018_small/amazon2018_all_beauty_5.parquet"
+REVIEWS = PROJECT_DIR / "data" / "amazon_reviews_2018_all_beauty_5core" / "reviews.parquet"
 
 
 @pytest.fixture
@@ -160,8 +160,6 @@ def test_items_land_with_the_first_interactions_and_a_later_file_updates(
 def test_cli_lands_a_slice_of_the_review_data(
     shop: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not REVIEWS.exists():
-        pytest.skip(f"{REVIEWS} is not on this machine")
     sample = pd.read_parquet(REVIEWS).iloc[:300]
     path = tmp_path / "reviews.parquet"
     sample.to_parquet(path)
