@@ -211,6 +211,18 @@ def summary() -> None:
 
 
 @app.command()
+def reports() -> None:
+    """Write <reports_dir>/index.html, one page linking every report under the work dir (dbt docs,
+    GX Data Docs, training run reports, Evidently drift reports), and print where it is."""
+    from ml.flows.report_index import write_report_index
+
+    page, index = write_report_index(get_settings())
+    for section, found in index.sections.items():
+        typer.echo(f"  {len(found):>4}  {section}")
+    typer.echo(f"Index of {index.count()} reports: {page}")
+
+
+@app.command()
 def demo(
     train_users: Annotated[
         int, typer.Option(help="Users in the training slice (the whole catalog is always ranked).")
@@ -233,6 +245,7 @@ def demo(
     a promoted challenger's Bento takes over. Ends with a summary."""
     from ml.data.summary import render, warehouse_summary
     from ml.flows.closed_loop import render_models, render_monitoring, render_runs, render_timing, run_demo
+    from ml.flows.report_index import write_report_index
 
     settings = get_settings()
     settings = settings.model_copy(
@@ -253,6 +266,8 @@ def demo(
     typer.echo(render_monitoring(result, settings))
     typer.echo("")
     typer.echo(render_timing(result))
+    page, index = write_report_index(settings)
+    typer.echo(f"\nEvery report of this run ({index.count()}), linked from one page: {page}")
 
 
 @app.command()
