@@ -95,7 +95,15 @@ class Settings(BaseSettings):
 
     sources: dict[str, SourceKind] = Field(
         default_factory=lambda: dict[str, SourceKind](beauty="catalog", retail="invoice_lines"),
-        description="Landing sources and the contract each follows (JSON in the environment).",
+        description="Landing sources and the contract each follows (JSON in the environment). "
+        "Setting it replaces the default list; to add a source beside the defaults use "
+        "extra_sources.",
+    )
+    extra_sources: dict[str, SourceKind] = Field(
+        default_factory=dict,
+        description='Sources added to `sources` (JSON in the environment), e.g. {"myshop": '
+        '"catalog"}: the shipped defaults stay, so the demo data and yours are both loaded. '
+        "A name in both takes its contract from here.",
     )
     partition_grain: Literal["day", "week", "month"] = Field(
         "month", description="Size of one landing partition, and of one ingest DAG run."
@@ -235,6 +243,10 @@ class Settings(BaseSettings):
             self.reports_dir = self.work_dir / "reports"
         if self.generator_cache_dir is None:
             self.generator_cache_dir = self.work_dir / "generator_cache"
+        if self.extra_sources:
+            # Merged here, once, so every reader of `sources` (ingest, the raw gate, land, the
+            # DAGs) sees the added ones; idempotent when settings_env hands both on to Airflow.
+            self.sources = {**self.sources, **self.extra_sources}
         return self
 
     @property
