@@ -40,6 +40,60 @@ class DriftCheck:
     rows_reference: int = 0
     html: str | None = None
     json: str | None = None
+    left_out: dict[str, str] = field(default_factory=dict)
+    """Column → why it was not tested (a source without a catalogue has no category, brand or
+    price): left out of the report and of the share, not reported as an empty column."""
+
+    def left_out_note(self) -> str | None:
+        """One line for the run's notes naming the columns left out and why (None: none)."""
+        if not self.left_out:
+            return None
+        by_reason: dict[str, list[str]] = {}
+        for column, reason in self.left_out.items():
+            by_reason.setdefault(reason, []).append(column)
+        parts = [f"{', '.join(columns)} ({reason})" for reason, columns in by_reason.items()]
+        return f"{self.kind} drift: left out {'; '.join(parts)}"
+
+
+MISSING_CATEGORY = "unknown"
+"""What the feature frames put where an item has no category or brand (or a stage has no days):
+a column holding nothing else has no values."""
+
+
+EMPTY_NUMBER = {"title_length": 0.0}
+"""What the feature frames put where an item has no title (its length counts an empty string)."""
+
+
+def _has_values(column: str, values: pd.Series, categorical: bool) -> bool:
+    present = values.notna()
+    if categorical:
+        present &= values.astype(str) != MISSING_CATEGORY
+    elif column in EMPTY_NUMBER:
+        present &= values != EMPTY_NUMBER[column]
+    return bool(present.any())
+
+
+def missing_columns(
+    current: pd.DataFrame, reference: pd.DataFrame, numerical: list[str], categorical: list[str]
+) -> dict[str, str]:
+    """The wanted columns a side has no values in, with why: these cannot be drift-tested.
+
+    A source without a catalogue gives every item the category and brand 'unknown', no price and
+    an empty title; tested, such a column would read as a constant, 'no drift', and dilute the
+    drifted share.
+    """
+    out: dict[str, str] = {}
+    for column in [*numerical, *categorical]:
+        is_cat = column in categorical
+        now = column in current and _has_values(column, current[column], is_cat)
+        before = column in reference and _has_values(column, reference[column], is_cat)
+        if not now and not before:
+            out[column] = "no values in the interval nor in the reference: the source lacks it"
+        elif not now:
+            out[column] = "no values in the interval"
+        elif not before:
+            out[column] = "no values in the reference"
+    return out
 
 
 def drift_report(
@@ -59,14 +113,12 @@ def drift_report(
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    def usable(column: str) -> bool:
-        return bool(current[column].notna().any() and reference[column].notna().any())
-
-    numerical = [c for c in numerical if c in current and c in reference and usable(c)]
-    categorical = [c for c in categorical if c in current and c in reference and usable(c)]
+    left_out = missing_columns(current, reference, numerical, categorical)
+    numerical = [c for c in numerical if c not in left_out]
+    categorical = [c for c in categorical if c not in left_out]
     columns = numerical + categorical
     if not columns:
-        raise ValueError(f"{kind} drift: no column has values on both sides")
+        raise ValueError(f"{kind} drift: no column has values on both sides (left out: {left_out})")
     current = sample_rows(current[columns], settings.drift_sample_rows).copy()
     reference = sample_rows(reference[columns], settings.drift_sample_rows, seed=1).copy()
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
@@ -93,7 +145,9 @@ def drift_report(
             timestamp=timestamp,  # the data interval: the workspace dashboard plots over it
             tags=[kind],
         )
-    check = DriftCheck(kind, 0.0, False, rows_current=len(current), rows_reference=len(reference))
+    check = DriftCheck(
+        kind, 0.0, False, rows_current=len(current), rows_reference=len(reference), left_out=left_out
+    )
     for metric in snapshot.dict()["metrics"]:
         config, value = metric["config"], metric["value"]
         if config["type"].endswith(":DriftedColumnsCount"):

@@ -162,6 +162,8 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
         snapshots["data"], result.data = drift_report(
             current, reference, DATA_NUMERICAL, DATA_CATEGORICAL, settings, "data", _at(start)
         )
+        if note := result.data.left_out_note():
+            result.notes.append(note)
         context = context_summary(current, reference)
         if context:
             result.notes.append(context)
@@ -187,6 +189,8 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
             "prediction",
             _at(start),
         )
+        if note := result.prediction.left_out_note():
+            result.notes.append(note)
 
     expected = version.metric("test", "recall@10")
     result.online = online_quality(
