@@ -78,8 +78,32 @@ PREDICTION_CATEGORICAL = ["top_category", "strategy"]
 MONITORED_MART = "marts.fct_monitored_interactions"
 
 
+def hashed_sample(sql: str, key: str, rows: int, seed: int = 0) -> str:
+    """``sql`` cut down, in the warehouse, to a seeded uniform sample of at most ``rows`` rows.
+
+    Rows are ordered by the md5 of ``seed`` and their ``key`` (SQL over the query's columns) and
+    the first ``rows`` kept. Why this and not ``TABLESAMPLE``/``USING SAMPLE``: DuckDB and
+    PostgreSQL agree on ``md5(concat_ws(...))`` to the bit, so both warehouses draw the same rows;
+    a row's membership depends on its identity only, so a rerun of an interval compares the same
+    rows; and the warehouse does the work (a hash and a top-N), so an interval of ten million rows
+    never reaches Python whole: the drift's cost follows the sample, not the data (bench/drift.py).
+    """
+    return (
+        f"select * from ({sql}) as population "
+        f"order by md5(concat_ws('|', {int(seed)}, {key})) limit {int(rows)}"
+    )
+
+
+INTERACTION_KEY = "source, user_id, item_id, event_ts, sequence_number"
+"""What identifies an interaction row (the key the drift sample hashes)."""
+
+
 def read_interactions(
-    settings: Settings, start: datetime | date | None, end: datetime | date, source: str | None = None
+    settings: Settings,
+    start: datetime | date | None,
+    end: datetime | date,
+    source: str | None = None,
+    sample_rows: int | None = None,
 ) -> pd.DataFrame:
     """The source's interactions in ``[start, end)`` with their item features, from the
     ``fct_monitored_interactions`` mart.
@@ -95,11 +119,30 @@ def read_interactions(
         params["start"] = pd.Timestamp(start).to_pydatetime()
     sql = f"""
         select
-            user_id, item_id, event_ts, rating, quantity, sequence_number,
+            source, user_id, item_id, event_ts, rating, quantity, sequence_number,
             category, brand, price, title, item_first_ts, user_first_ts, user_events_30d
         from {MONITORED_MART}
         where source = :source {lower}and event_ts < :end
     """
+    if sample_rows is not None:
+        sql = hashed_sample(sql, INTERACTION_KEY, sample_rows)
+    return Warehouse(settings).read(sql, params)
+
+
+def read_pairs(
+    settings: Settings, start: datetime | date, end: datetime | date, source: str | None = None
+) -> pd.DataFrame:
+    """Every (user_id, item_id) interaction of the source in ``[start, end)``: what the online
+    hit rate needs, unsampled, without the feature columns."""
+    sql = f"""
+        select user_id, item_id from {MONITORED_MART}
+        where source = :source and event_ts >= :start and event_ts < :end
+    """
+    params = {
+        "source": source or settings.train_source,
+        "start": pd.Timestamp(start).to_pydatetime(),
+        "end": pd.Timestamp(end).to_pydatetime(),
+    }
     return Warehouse(settings).read(sql, params)
 
 
@@ -191,11 +234,13 @@ def write_reference(package: Path, settings: Settings, until: datetime | None = 
             return None
         until = pd.Timestamp(latest).to_pydatetime() + timedelta(seconds=1)
     start = until - timedelta(days=settings.drift_reference_days)
-    features = interaction_features(read_interactions(settings, start, until))
+    features = interaction_features(
+        read_interactions(settings, start, until, sample_rows=settings.drift_sample_rows)
+    )
     if features.empty:
         return None
     out = Path(package) / REFERENCE_FILE
-    sample_rows(features, settings.drift_sample_rows).to_parquet(out, index=False)
+    features.to_parquet(out, index=False)
     return out
 
 
