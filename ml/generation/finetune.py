@@ -1,31 +1,53 @@
 """Fine-tune the generator on labels the catalog really has (LoRA via peft, or full).
 
-The first target is *understanding*: an item's title → its category path and brand, in a fixed
-format (``target_text``) that a parser can read back. Pairs come from a catalog frame
-(``item_id``, ``title``, ``categories`` as ``A > B > C``, ``brand``); the loss is on the answer
-only (the prompt's tokens are masked), and training stops at a step budget or a time budget,
-whichever comes first.
+Three targets, each a label the catalog really has (nothing here is written by a person for
+the model):
+
+- *understanding* (``understanding_pairs``): an item's title → its category path and brand, in a
+  fixed format (``target_text``) that a parser can read back;
+- *copy* (``copy_pairs``): an item's facts (brand, category path, price band) → its real,
+  seller-written title — the shop's own voice;
+- *theme* (``theme_pairs``): a set of items (their titles) → their deepest common category path,
+  the theme a bundle is named after.
+
+Pairs come from a catalog frame (``item_id``, ``title``, ``categories`` as ``A > B > C``,
+``brand``, ``price``); ``training_pairs`` mixes the three. The loss is on the answer only (the
+prompt's tokens are masked), and training stops at a step budget or a time budget, whichever
+comes first. ``save_tuned``/``load_tuned`` write and read what training changed: the LoRA adapter
+alone (~2 MB) or, in ``full`` mode, the whole model.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import pandas as pd
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 
+from ml.core.catalog import price_bucket
 from ml.generation.generate import chat_prompt
 from ml.generation.load import Generator
 
 IGNORE = -100  # label of a token that carries no loss (prompt, padding)
 UNDERSTANDING_PROMPT = "Product title: {title}\nGive its category path and its brand."
 UNKNOWN_BRAND = "unknown"
+COPY_PROMPT = (
+    "Write the shop's product title for an item of brand {brand} in the category {categories}, "
+    "price band {band}."
+)
+THEME_PROMPT = "Products:\n{titles}\nWhat is the deepest category they all share?"
+TASKS = ("understanding", "copy", "theme")
+# Written beside a saved tuned model: its mode and base, so it is loaded the way it was saved.
+TUNED_FILE = "shopflow_tuned.json"
 
 
 @dataclass(frozen=True)
@@ -196,4 +218,191 @@ def finetune(
         seconds=time.perf_counter() - start,
         trainable_parameters=sum(p.numel() for p in trainable),
         pairs=len(pairs),
+    )
+
+
+# -- copy and theme targets ------------------------------------------------------------------------
+def _text(value: object) -> str | None:
+    """A present, non-blank string field (HTML entities undone: the catalog has ``&amp;``), else None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return html.unescape(value).strip()
+
+
+def _price(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and value == value else None  # NaN != NaN
+
+
+def copy_prompt(brand: str | None, categories: str | None, price: float | None) -> str:
+    """The copy task's prompt: an item's facts, in words (no ``label:`` layout to copy back)."""
+    return COPY_PROMPT.format(
+        brand=brand or UNKNOWN_BRAND, categories=categories or "unknown", band=price_bucket(price)
+    )
+
+
+def copy_pairs(items: pd.DataFrame) -> list[tuple[str, str]]:
+    """(facts prompt, the seller's title) per item with a title and a category path."""
+    pairs = []
+    for row in items.itertuples(index=False):
+        title, categories = _text(getattr(row, "title", None)), _text(getattr(row, "categories", None))
+        if title is None or categories is None:
+            continue
+        brand, price = _text(getattr(row, "brand", None)), _price(getattr(row, "price", None))
+        pairs.append((copy_prompt(brand, categories, price), title))
+    return pairs
+
+
+def common_path(paths: Sequence[str]) -> str | None:
+    """The deepest category path every ``A > B > C`` path shares (compared case-blind), else None."""
+    split = [[c.strip() for c in p.split(">") if c.strip()] for p in paths]
+    if not split or any(not s for s in split):
+        return None
+    shared: list[str] = []
+    for level in zip(*split, strict=False):
+        if len({c.lower() for c in level}) != 1:
+            break
+        shared.append(level[0])
+    return " > ".join(shared) or None
+
+
+def theme_prompt(titles: Sequence[str]) -> str:
+    return THEME_PROMPT.format(titles="\n".join(f"- {t}" for t in titles))
+
+
+def item_sets(items: pd.DataFrame, n_sets: int, *, size: int = 3, seed: int = 0) -> list[list[int]]:
+    """``n_sets`` sets of ``size`` row positions of ``items`` that share a category at a random depth.
+
+    An anchor item and a depth are drawn; the others share the anchor's path down to that depth
+    (their deepest common category may be deeper). Unrelated random items would almost always
+    share only the root ("Beauty"), a target too easy to teach anything.
+    """
+    paths = [_text(c) for c in items["categories"]] if "categories" in items else []
+    titled = [_text(t) is not None for t in items["title"]] if "title" in items else []
+    usable = [i for i, (p, t) in enumerate(zip(paths, titled, strict=True)) if p is not None and t]
+    if len(usable) < size:
+        return []
+    prefixes: dict[str, list[int]] = {}
+    for i in usable:
+        parts = [c.strip() for c in str(paths[i]).split(">")]
+        for depth in range(1, len(parts) + 1):
+            prefixes.setdefault(" > ".join(parts[:depth]).lower(), []).append(i)
+    rng = random.Random(seed)
+    sets: list[list[int]] = []
+    for _ in range(n_sets * 4):  # a few anchors have no partners at their drawn depth
+        if len(sets) == n_sets:
+            break
+        anchor = rng.choice(usable)
+        parts = [c.strip() for c in str(paths[anchor]).split(">")]
+        depth = rng.randint(1, len(parts))
+        group = [i for i in prefixes[" > ".join(parts[:depth]).lower()] if i != anchor]
+        if len(group) >= size - 1:
+            sets.append([anchor, *rng.sample(group, size - 1)])
+    return sets
+
+
+def theme_pairs(items: pd.DataFrame, sets: Sequence[Sequence[int]]) -> list[tuple[str, str]]:
+    """(titles prompt, ``Category: <deepest common path>``) per set of row positions of ``items``."""
+    pairs = []
+    for chosen in sets:
+        rows = items.iloc[list(chosen)]
+        titles = [_text(t) for t in rows["title"]]
+        path = common_path([str(c) for c in rows["categories"]])
+        if path is None or any(t is None for t in titles):
+            continue
+        pairs.append((theme_prompt([t for t in titles if t]), f"Category: {path}"))
+    return pairs
+
+
+def training_pairs(
+    items: pd.DataFrame,
+    tasks: Sequence[str] = TASKS,
+    *,
+    theme_sets: int | None = None,
+    seed: int = 0,
+) -> list[tuple[str, str]]:
+    """The pairs of the chosen tasks over ``items``, shuffled together (one mixed training set).
+
+    Args:
+        items: the training items (held-out items must not be in it).
+        tasks: any of ``understanding``, ``copy``, ``theme``.
+        theme_sets: sets for the theme task; None = one per item.
+        seed: set sampling and the shuffle.
+
+    Raises:
+        ValueError: an unknown task.
+    """
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown fine-tuning task(s) {sorted(unknown)}; expected some of {TASKS}")
+    pairs: list[tuple[str, str]] = []
+    if "understanding" in tasks:
+        pairs += understanding_pairs(items)
+    if "copy" in tasks:
+        pairs += copy_pairs(items)
+    if "theme" in tasks:
+        n = len(items) if theme_sets is None else theme_sets
+        pairs += theme_pairs(items, item_sets(items, n, seed=seed))
+    random.Random(seed).shuffle(pairs)
+    return pairs
+
+
+# -- saving and loading what training changed ------------------------------------------------------
+def save_tuned(
+    result: FinetuneResult, folder: Path, *, base: str, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write the tuned weights into ``folder``: the adapter alone (lora) or the model and tokenizer (full).
+
+    ``base`` is the generator name the adapter belongs to (``load_tuned`` loads it under it).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    adapted: Any = result.adapted
+    adapted.save_pretrained(folder)
+    mode = "lora" if isinstance(result.adapted, PeftModel) else "full"
+    if mode == "full":
+        result.generator.tokenizer.save_pretrained(folder)
+    record = {
+        "mode": mode,
+        "base": base,
+        "steps": result.steps,
+        "pairs": result.pairs,
+        "trainable_parameters": result.trainable_parameters,
+        "seconds": round(result.seconds, 2),
+        "losses": [round(x, 4) for x in result.losses],
+        **dict(extra or {}),
+    }
+    (folder / TUNED_FILE).write_text(json.dumps(record, indent=2))
+    return folder
+
+
+def tuned_record(folder: Path) -> dict[str, Any]:
+    """What ``save_tuned`` wrote beside the weights (mode, base, steps, losses)."""
+    path = folder / TUNED_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a tuned generator folder (save_tuned writes {TUNED_FILE})")
+    record: dict[str, Any] = json.loads(path.read_text())
+    return record
+
+
+def load_tuned(base: Generator, folder: Path) -> Generator:
+    """The tuned generator saved in ``folder``, on top of ``base`` (loaded by the caller).
+
+    A LoRA adapter is merged into the base weights (``merge_and_unload``): generation then costs
+    what the base costs. ``base`` is changed in place; load a fresh one to keep the untuned model.
+    """
+    record = tuned_record(folder)
+    if record["mode"] == "full":
+        from ml.generation.load import load_generator
+
+        full = load_generator(folder, device=str(base.device), dtype=base.model.dtype)
+        return replace(full, name=f"{base.name}+full")
+    start = time.perf_counter()
+    peft_model: Any = PeftModel.from_pretrained(base.model, str(folder))
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    return replace(
+        base,
+        model=merged,
+        name=f"{base.name}+lora",
+        path=folder,
+        load_seconds=base.load_seconds + time.perf_counter() - start,
     )
