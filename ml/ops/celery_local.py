@@ -149,6 +149,54 @@ def release_broker_db(redis_url: str, db: int) -> None:
         client.close()
 
 
+def worker_command(worker: CeleryWorker) -> list[str]:
+    """``airflow celery worker`` for ``worker``: its queues, concurrency and node name ``<name>@<host>``."""
+    from ml.ops.local_airflow import airflow_executable
+
+    return [
+        airflow_executable(), "celery", "worker",
+        "--queues", ",".join(worker.queues),
+        "--concurrency", str(worker.concurrency),
+        "--celery-hostname", f"{worker.name}@%h",
+        # All workers share this machine: each would start a log server on port 8793, and the
+        # API server reads the task logs from the shared folder anyway.
+        "--skip-serve-logs",
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def start_worker_process(
+    worker: CeleryWorker, env: Mapping[str, str], log_path: Path, cwd: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``worker`` as a subprocess leading a session of its own, output appended to ``log_path``.
+
+    ``env`` is a full Airflow environment with the Celery settings (:func:`celery_env`); the
+    worker's name is added as :data:`WORKER_NAME_ENV` for :func:`worker_hostname`.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    try:
+        return subprocess.Popen(
+            worker_command(worker), env={**env, WORKER_NAME_ENV: worker.name}, cwd=cwd, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        log.close()  # the child holds its own descriptor
+
+
+def worker_queues(broker_url: str, timeout: float = 2.0) -> dict[str, list[str]]:
+    """Queues each worker answering on ``broker_url`` consumes (``celery inspect active_queues``),
+    by worker name (the part of the node name before ``@``)."""
+    from celery import Celery
+
+    app = Celery("shopflow-inspect", broker=broker_url)
+    try:
+        answer = app.control.inspect(timeout=timeout).active_queues() or {}
+    finally:
+        app.close()
+    return {node.split("@", 1)[0]: sorted(q["name"] for q in queues) for node, queues in answer.items()}
+
+
 # -- Airflow on Celery --------------------------------------------------------------------------------
 def celery_env(
     metadata_url: str,
@@ -263,32 +311,10 @@ class CeleryAirflow(LocalAirflow):
 
     def start_worker(self, name: str) -> None:
         """Start (or restart, after :meth:`kill_worker`) the worker ``name`` in a session of its own."""
-        worker = self.workers[name]
-        log = (self.log_dir / f"worker-{name}.log").open("ab")
-        try:
-            process = subprocess.Popen(
-                [
-                    self._airflow(), "celery", "worker",
-                    "--queues", ",".join(worker.queues),
-                    "--concurrency", str(worker.concurrency),
-                    "--celery-hostname", f"{name}@%h",
-                    # All workers share this machine: one log server would hold port 8793 per
-                    # worker, and the API server reads the task logs from the shared folder anyway.
-                    "--skip-serve-logs",
-                    "--without-gossip", "--without-mingle",
-                ],
-                env={**self.env, WORKER_NAME_ENV: name}, cwd=self.home, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        finally:
-            log.close()
-        self.worker_processes[name] = process
+        self.worker_processes[name] = start_worker_process(
+            self.workers[name], self.env, self.log_dir / f"worker-{name}.log", cwd=self.home
+        )
         self._write_pid_file()
-
-    def _airflow(self) -> str:
-        from ml.ops.local_airflow import airflow_executable
-
-        return airflow_executable()
 
     def _write_pid_file(self) -> None:
         # Workers' sessions join the components' in the pid file: a crashed run's next start stops them.
@@ -316,15 +342,8 @@ class CeleryAirflow(LocalAirflow):
             time.sleep(1.0)
 
     def worker_queues(self) -> dict[str, list[str]]:
-        """Queues each answering worker consumes, asked over the broker (``celery inspect active_queues``)."""
-        from celery import Celery
-
-        app = Celery("shopflow-inspect", broker=self.broker_url)
-        try:
-            answer = app.control.inspect(timeout=2.0).active_queues() or {}
-        finally:
-            app.close()
-        return {node.split("@", 1)[0]: sorted(q["name"] for q in queues) for node, queues in answer.items()}
+        """Queues each answering worker consumes, asked over the broker (see :func:`worker_queues`)."""
+        return worker_queues(str(self.broker_url))
 
     def _check_workers_alive(self, names: list[str]) -> None:
         for name in names:
