@@ -8,12 +8,13 @@ own (process-wide) BentoML store is never touched.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,33 +166,59 @@ def smoke_query(
         return _query(http, server.ready_s)
 
 
-def _query(http: Any, ready_s: float) -> dict[str, Any]:
-    calls = {
-        "recommend": ("/recommend", {"recent_items": [], "user_id": "smoke-test-user", "k": 5}),
-        "search": ("/search", {"query": "moisturizing face cream", "k": 5}),
-    }
-    out: dict[str, Any] = {"ready_s": ready_s, "endpoints": {}}
-    for name, (path, payload) in calls.items():
+SMOKE_CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("/recommend", {"recent_items": [], "user_id": "smoke-test-user", "k": 5}),
+    ("/search", {"query": "moisturizing face cream", "k": 5}),
+)
+"""The smoke queries, in order; then ``/similar`` for the first item the search found. One list for
+the train DAG's smoke test over HTTP (:func:`smoke_query`) and the running Bento's check of a new
+champion before it swaps it in (``serving.hot_swap``)."""
+
+
+def run_smoke(post: Callable[[str, dict[str, Any]], tuple[int, Any]]) -> dict[str, Any]:
+    """Send the smoke queries through ``post(path, payload) -> (status, JSON body)``.
+
+    Every endpoint must answer 200 with the model version and at least one item with a finite
+    score (a model whose weights are NaN answers 200 with nonsense: that is a failure too).
+
+    Returns:
+        ``{"model_version": ..., "endpoints": {name: {"status", "latency_ms"}}}``.
+
+    Raises:
+        RuntimeError: an endpoint failed, naming it and what it answered.
+    """
+    out: dict[str, Any] = {"endpoints": {}}
+    calls = list(SMOKE_CALLS)
+    first_item: str | None = None
+    while calls:
+        path, payload = calls.pop(0)
         t = time.perf_counter()
-        response = http.post(path, json=payload)
-        out["endpoints"][name] = {
-            "status": response.status_code,
+        status, body = post(path, payload)
+        out["endpoints"][path.strip("/")] = {
+            "status": status,
             "latency_ms": round((time.perf_counter() - t) * 1000, 1),
         }
-        if response.status_code != 200:
-            raise RuntimeError(f"{path} answered {response.status_code}: {response.text[:500]}")
-        body = response.json()
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status}: {str(body)[:500]}")
+        items = body.get("items") if isinstance(body, dict) else None
+        if not items or not all(math.isfinite(float(i["score"])) for i in items):
+            raise RuntimeError(f"{path} answered no items or a non-finite score: {str(body)[:500]}")
         out["model_version"] = body["model_version"]
-    item = body["items"][0]["item_id"]
-    t = time.perf_counter()
-    similar = http.post("/similar", json={"item_id": item, "k": 5})
-    out["endpoints"]["similar"] = {
-        "status": similar.status_code,
-        "latency_ms": round((time.perf_counter() - t) * 1000, 1),
-    }
-    if similar.status_code != 200:
-        raise RuntimeError(f"/similar answered {similar.status_code}: {similar.text[:500]}")
+        if path == "/search":
+            first_item = str(items[0]["item_id"])
+            calls.append(("/similar", {"item_id": first_item, "k": 5}))
     return out
+
+
+def _query(http: Any, ready_s: float) -> dict[str, Any]:
+    def post(path: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        response = http.post(path, json=payload)
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, response.text
+
+    return {"ready_s": ready_s, **run_smoke(post)}
 
 
 def _stop(server: subprocess.Popen[Any]) -> None:

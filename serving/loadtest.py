@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -188,6 +189,7 @@ async def _run_cell(
     headers: dict[str, str],
     timeout_s: float,
     client: str,
+    stop_event: threading.Event | None = None,
 ) -> CellResult:
     path = f"/{endpoint}"
     bodies = [json.dumps(p).encode() for p in payloads]
@@ -198,6 +200,9 @@ async def _run_cell(
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop = measure_from + seconds
+
+    def running() -> bool:
+        return time.perf_counter() < stop and not (stop_event is not None and stop_event.is_set())
 
     def record(sent: float, problem: str | None) -> None:
         nonlocal errors
@@ -214,7 +219,8 @@ async def _run_cell(
         connection = _Connection(parsed.hostname or "127.0.0.1", parsed.port or 80, headers)
         target = path.encode()
         try:
-            while (sent := time.perf_counter()) < stop:
+            while running():
+                sent = time.perf_counter()
                 problem = None
                 try:
                     async with asyncio.timeout(timeout_s):
@@ -240,7 +246,8 @@ async def _run_cell(
         ) as http:
 
             async def one() -> None:
-                while (sent := time.perf_counter()) < stop:
+                while running():
+                    sent = time.perf_counter()
                     problem = None
                     try:
                         response = await http.post(path, content=bodies[next(cycle)])
@@ -279,6 +286,7 @@ def run_cell(
     headers: dict[str, str] | None = None,
     timeout_s: float = 30.0,
     client: str = "raw",
+    stop_event: threading.Event | None = None,
 ) -> CellResult:
     """``concurrency`` closed-loop clients POSTing ``payloads`` (cycled) to ``/<endpoint>``.
 
@@ -292,6 +300,8 @@ def run_cell(
         headers: sent with every request (the bearer token when the server has one).
         timeout_s: per-request timeout (a timeout counts as an error).
         client: ``raw`` (plain HTTP/1.1 on asyncio streams) or ``httpx``.
+        stop_event: ends the cell early when set (a scenario that loads the server until
+            something happened, e.g. a champion swap); ``seconds`` stays the upper bound.
     """
     check_bounds(url, concurrency, seconds)
     if client not in CLIENTS:
@@ -299,7 +309,18 @@ def run_cell(
     if not payloads:
         raise ValueError(f"no payloads for {endpoint}")
     return asyncio.run(
-        _run_cell(url, endpoint, payloads, concurrency, seconds, warmup_s, headers or {}, timeout_s, client)
+        _run_cell(
+            url,
+            endpoint,
+            payloads,
+            concurrency,
+            seconds,
+            warmup_s,
+            headers or {},
+            timeout_s,
+            client,
+            stop_event,
+        )
     )
 
 

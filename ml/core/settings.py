@@ -53,6 +53,14 @@ class Settings(BaseSettings):
         "generator: ~50 s to dequantize, ~1 s to load once cached); defaults to "
         "<work_dir>/generator_cache. Share it between runs and tests.",
     )
+    bundle_copy_budget_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="Seconds the generator may spend writing bundle names, descriptions and "
+        "explanations when a model version is packaged (most popular items first; the rest get "
+        "the template copy). 0 (default): template copy only, so a training run's time is "
+        "unchanged; the demo and production set it.",
+    )
 
     warehouse: Literal["duckdb", "postgres"] = Field(
         "duckdb", description="Warehouse engine; also selects the dbt target of the same name."
@@ -222,10 +230,33 @@ class Settings(BaseSettings):
         description="Evidently workspace (one project per model version) for `evidently ui`; "
         "defaults to <work_dir>/evidently.",
     )
+    ask_generator: str = Field(
+        "smollm2",
+        description="The generator /ask writes answers with: 'smollm2' (the packaged "
+        "SmolLM2-135M-Instruct, read from its converted checkpoint in generator_cache_dir), a local "
+        "checkpoint folder (a tuned generator), or '' for template answers only. The Bento loads it "
+        "on the first /ask and never converts a GGUF file itself (~50 s of CPU): until the cache has "
+        "the checkpoint, answers are templates and say so.",
+    )
+    ask_time_budget_s: float = Field(
+        20.0,
+        gt=0.0,
+        description="The longest /ask waits for the generator's answer (seconds); past it, or while "
+        "another answer is being written, the template answer built from the catalog facts is served "
+        "and the response says so.",
+    )
     serving_api_token: SecretStr | None = Field(
         None,
         description="When set, the Bento answers every endpoint except /livez, /readyz and /metrics "
         "only with the header 'Authorization: Bearer <token>' (else 401). Unset: open (local use).",
+    )
+    serving_follow_champion_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="The running Bento reads the registry's champion pointer this often (seconds) and "
+        "swaps to a newly promoted or rolled-back version in-process once it has loaded, warmed up "
+        "and passed the smoke queries (serving/hot_swap.py); 0 turns following off. A Bento pinned "
+        "to a version by SHOPFLOW_SERVING_MODEL never follows.",
     )
 
     @model_validator(mode="after")
