@@ -286,3 +286,134 @@ def rollback(settings: Settings | None = None, reason: str = "manual") -> str:
         },
     )
     return str(restored)
+
+
+# -- the generator: its own model name, champion pointer and ledger ----------------------------------
+# The fine-tuned generator is versioned in the same store as the recommender, under its own name;
+# its champion and decisions sit in their own files beside the recommender's, so neither ledger's
+# readers meet the other's events.
+GENERATOR_MODEL_NAME = "shopflow_generator"
+_GENERATOR_CHAMPION = "generator_champion.json"
+_GENERATOR_DECISIONS = "generator_decisions.jsonl"
+
+
+def register_generator(
+    tuned_dir: Path,
+    *,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    lineage: dict[str, Any],
+    settings: Settings | None = None,
+) -> ModelVersion:
+    """Save a tuned generator (``ml.generation.finetune.save_tuned``'s folder) as a version of
+    ``shopflow_generator``, with its evaluation (base and tuned), config and lineage."""
+    settings = settings or get_settings()
+    import bentoml
+
+    metadata = json.loads(json.dumps({"metrics": metrics, "config": config, "lineage": lineage}, default=str))
+    with bentoml.models.create(
+        name=GENERATOR_MODEL_NAME,
+        metadata=_without_nulls(metadata),
+        labels={"owner": "shopflow", "kind": "generator"},
+        _model_store=_store(settings),
+    ) as ref:
+        shutil.copytree(tuned_dir, ref.path, dirs_exist_ok=True)
+        (Path(ref.path) / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    return get(str(ref.tag), settings)
+
+
+def generator_champion(settings: Settings | None = None) -> str | None:
+    """The champion generator's tag, or ``None`` while the base model serves."""
+    path = _ledger_dir(settings or get_settings()) / _GENERATOR_CHAMPION
+    return json.loads(path.read_text())["champion"] if path.exists() else None
+
+
+def generator_decisions(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every generator gate decision and promotion, oldest first."""
+    path = _ledger_dir(settings or get_settings()) / _GENERATOR_DECISIONS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def gate_generator(
+    challenger_tag: str,
+    comparison: dict[str, Any],
+    *,
+    reference: str,
+    settings: Settings | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Record the generator gate's decision and promote the challenger when it won.
+
+    Args:
+        challenger_tag: the registered tuned generator.
+        comparison: ``ml.generation.evaluate.compare`` of the challenger against the reference,
+            both measured on the same held-out cases in one run.
+        reference: what it was compared with: the champion's tag, or ``"base"`` when there is none.
+        settings: ShopFlow settings (the store).
+        run_id: recorded with the decision.
+
+    Returns:
+        The decision record (``promoted``, ``reason``, every metric's values).
+    """
+    settings = settings or get_settings()
+    if ":" not in challenger_tag:
+        challenger_tag = f"{GENERATOR_MODEL_NAME}:{challenger_tag}"
+    challenger = get(challenger_tag, settings)
+    current = generator_champion(settings)
+    if reference != (current or "base"):
+        raise RegistryError(
+            f"the challenger was compared with {reference!r}, but the generator champion is "
+            f"{current or 'none (the base model serves)'}: evaluate again against it"
+        )
+    promoted = bool(comparison["beats"])
+    if promoted:
+        reason = f"no metric below {reference}; better on {', '.join(comparison['better'])}"
+    elif comparison["worse"]:
+        reason = f"below {reference} on {', '.join(comparison['worse'])}"
+    else:
+        reason = f"no metric better than {reference}"
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    decision = {
+        "event": "gate",
+        "challenger": challenger.tag,
+        "reference": reference,
+        "promoted": promoted,
+        "reason": reason,
+        "metrics": comparison["metrics"],
+        "decided_at": now,
+        "run_id": run_id,
+    }
+    ledger = _ledger_dir(settings)
+    with (ledger / _GENERATOR_DECISIONS).open("a") as handle:
+        handle.write(json.dumps(decision, default=str) + "\n")
+        if promoted:
+            promotion = {"event": "promote", "champion": challenger.tag, "replaced": current}
+            handle.write(json.dumps({**promotion, "reason": reason, "decided_at": now}) + "\n")
+    if promoted:
+        path = ledger / _GENERATOR_CHAMPION
+        previous = json.loads(path.read_text())["previous"] if path.exists() else []
+        _write_json_atomically(
+            path, {"champion": challenger.tag, "previous": [*previous, current] if current else previous}
+        )
+    return decision
+
+
+def load_served_generator(settings: Settings | None = None, *, device: str | None = None) -> Any:
+    """The generator serving should use: the champion (base + its tuned weights), else the base.
+
+    One call for /ask, bundles and explanations: ``ml.generation.load.Generator`` either way, its
+    ``name`` saying which (``smollm2+lora``; ``smollm2`` when no tuned generator won its gate).
+    """
+    settings = settings or get_settings()
+    from ml.generation.finetune import load_tuned, tuned_record
+    from ml.generation.load import DEFAULT_GENERATOR, load_generator
+
+    tag = generator_champion(settings)
+    if tag is None:
+        return load_generator(DEFAULT_GENERATOR, cache_dir=settings.generator_cache_dir, device=device)
+    version = get(tag, settings)
+    base = tuned_record(version.path)["base"]
+    generator = load_generator(base, cache_dir=settings.generator_cache_dir, device=device)
+    return load_tuned(generator, version.path)

@@ -37,7 +37,12 @@ def _stage(module: str) -> str:
 
 
 def test_there_are_dag_files() -> None:
-    assert [p.stem for p in DAG_FILES] == ["ingest_transform_validate", "monitor_drift", "train_recommender"]
+    assert [p.stem for p in DAG_FILES] == [
+        "finetune_generator",
+        "ingest_transform_validate",
+        "monitor_drift",
+        "train_recommender",
+    ]
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
