@@ -237,6 +237,10 @@ def demo(
         typer.Option(help="Later-period intervals to replay and monitor (default: 4; all with --full-data)."),
     ] = None,
     traffic_users: Annotated[int, typer.Option(help="Shoppers per later interval sent to the Bento.")] = 300,
+    timings_json: Annotated[
+        Path | None,
+        typer.Option(help="Also write the phase times, total, load average and contents here (bench-demo)."),
+    ] = None,
 ) -> None:
     """The main job, the closed loop: replay the training period through Airflow's real scheduler
     (ingest → dbt → GX → publish), let the published marts train the first champion (train →
@@ -244,9 +248,17 @@ def demo(
     interval with real shoppers' traffic; monitor_drift detects drift and triggers retraining, and
     a promoted challenger's Bento takes over. Ends with a summary."""
     from ml.data.summary import render, warehouse_summary
-    from ml.flows.closed_loop import render_models, render_monitoring, render_runs, render_timing, run_demo
+    from ml.flows.closed_loop import (
+        render_models,
+        render_monitoring,
+        render_runs,
+        render_timing,
+        run_demo,
+        timing_record,
+    )
     from ml.flows.report_index import write_report_index
 
+    load_at_start = os.getloadavg()
     settings = get_settings()
     settings = settings.model_copy(
         update={
@@ -268,6 +280,10 @@ def demo(
     typer.echo(render_timing(result))
     page, index = write_report_index(settings)
     typer.echo(f"\nEvery report of this run ({index.count()}), linked from one page: {page}")
+    if timings_json:
+        timings_json.parent.mkdir(parents=True, exist_ok=True)
+        timings_json.write_text(json.dumps(timing_record(result, settings, load_at_start), indent=2) + "\n")
+        typer.echo(f"phase times written to {timings_json}")
 
 
 @app.command()

@@ -321,6 +321,41 @@ def render_timing(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
+def timing_record(result: DemoResult, settings: Settings, load_at_start: tuple[float, ...]) -> dict[str, Any]:
+    """What ``make bench-demo`` keeps of a run: phase times, the total, the machine and its load,
+    and what the loop held (so runs with different contents are never compared as equals)."""
+    import os
+    import platform
+    from datetime import UTC, datetime
+
+    return {
+        "benchmark": "demo",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "phases_seconds": {
+            PHASES.get(key, key).strip(): round(seconds, 1)
+            for key, seconds in result.seconds.items()
+            if key != "total"
+        },
+        "total_seconds": round(result.seconds.get("total", 0.0), 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_at_start": list(load_at_start),
+            "load_average_at_end": list(os.getloadavg()),
+        },
+        "contents": {
+            "train_max_users": settings.train_max_users,
+            "train_overrides": settings.train_overrides,
+            "later_intervals_replayed": len(result.traffic),
+            "training_runs": len(result.train_runs),
+            "monitoring_runs": len(result.monitor_runs),
+            "traffic_requests": sum(int(t.get("requests", 0) or 0) for t in result.traffic),
+            "serving_now": result.serving_now,
+        },
+    }
+
+
 def render_monitoring(result: DemoResult, settings: Settings) -> str:
     """Drift per monitoring run, the decision taken, what served each interval, and the reports."""
 
