@@ -17,7 +17,7 @@ Airflow's metadata and the warehouse. :class:`CeleryAirflow` runs the same on th
 Each worker leads a process session of its own, so :meth:`CeleryAirflow.kill_worker` can SIGKILL a
 worker with everything it runs (pool process, task supervisor, task), as a lost machine would.
 Each worker's name is what its tasks record as their ``hostname`` (``[core] hostname_callable`` is
-:func:`worker_hostname`), so the metadata DB says which worker ran which attempt.
+:func:`ml.ops.worker_name.worker_hostname`), so the metadata DB says which worker ran which attempt.
 Nothing here is imported by a DAG file.
 """
 
@@ -38,13 +38,12 @@ from urllib.parse import urlparse
 from ml.core.settings import Settings, get_settings
 from ml.ops.local_airflow import AirflowRunError, LocalAirflow, _session_members, _signal_all, _stop_sessions
 from ml.ops.local_airflow import _tail as tail_file
+from ml.ops.worker_name import WORKER_NAME_ENV, worker_hostname
 
 REDIS_URL = "redis://127.0.0.1:6379"
 """The local Redis (the broker); a run adds the database number it claims."""
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 """The local PostgreSQL server (trust auth) where each run creates its metadata database."""
-WORKER_NAME_ENV = "SHOPFLOW_CELERY_WORKER_NAME"
-"""Set in each worker's environment; :func:`worker_hostname` returns it to Airflow."""
 BROKER_CLAIM_KEY = "shopflow:celery-local:owner"
 """Key a run sets (NX) in the Redis database it claims; its value says who holds it."""
 BROKER_DBS = tuple(range(15, 7, -1))
@@ -66,14 +65,6 @@ DEFAULT_WORKERS = (
     CeleryWorker("gpu-1", ("gpu",)),
 )
 """The production layout in small: two CPU workers and one training worker (queue ``gpu``)."""
-
-
-def worker_hostname() -> str:
-    """``[core] hostname_callable`` for the local workers: the worker's name, else the FQDN.
-
-    All workers of this machine share one FQDN; the name tells them apart in ``task_instance.hostname``.
-    """
-    return os.environ.get(WORKER_NAME_ENV) or socket.getfqdn()
 
 
 # -- the throwaway metadata database and the broker database ---------------------------------------
@@ -227,7 +218,8 @@ def celery_env(
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{psycopg2_url}",
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
         # Tasks record the worker's name as their hostname (all local workers share one FQDN).
-        "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+        # (ml.ops.worker_name imports nothing of ShopFlow: tasks fork from the worker process.)
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{worker_hostname.__module__}.worker_hostname",
         # Two cores: more parallel tasks only thrash; each worker runs one task at a time.
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
         # Said explicitly: with acks_late a message whose worker died is redelivered only after
