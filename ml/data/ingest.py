@@ -28,6 +28,9 @@ PARTITION_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})$")
 FREE_TEXT = {"review_text", "title", "description"}
 HASHED_IDS = {"user_id", "customer_id"}
 log = logging.getLogger(__name__)
+INGEST_LOCK_KEY = 0x5F10_0001
+"""PostgreSQL advisory lock that one ingest transaction holds at a time (any 64-bit number that
+no other writer of the warehouse uses)."""
 
 
 class ContractError(ValueError):
@@ -275,8 +278,22 @@ def ingest_interval(start: date, end: date, run_id: str, settings: Settings | No
 
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
+        if warehouse.engine == "postgres":
+            # Two runs of one interval at once (a manual run beside the scheduled one, a retry
+            # beside a run thought dead) would each DELETE the partition and INSERT it: under READ
+            # COMMITTED the second DELETE does not see the first's uncommitted rows, so both sets
+            # stay (tests/faults/test_concurrent_runs.py found 112 of 1,268 rows twice). One
+            # writer at a time, until commit.
+            # DuckDB needs none: its processes already queue on the file lock (warehouse.duckdb_lock).
+            warehouse.execute(con, "SELECT pg_advisory_xact_lock(:key)", {"key": INGEST_LOCK_KEY})
         warehouse.ensure_tables(con)
+        log.info(
+            "ingest %s [%s, %s): writing %d file(s) in one transaction", run_id, start, end, len(prepared)
+        )
         for table, raw, load in prepared:
+            log.debug(
+                "ingest %s: replacing raw.%s partition %s (%d rows)", run_id, table, load.file, load.rows
+            )
             params = {"source": load.source, "partition": load.partition}
             warehouse.execute(
                 con, f"DELETE FROM raw.{table} WHERE source = :source AND _partition = :partition", params
@@ -300,4 +317,5 @@ def ingest_interval(start: date, end: date, run_id: str, settings: Settings | No
             }
             warehouse.insert(con, "raw.ingest_audit", pd.DataFrame([audit]))
             summary.files.append(load)
+    log.info("ingest %s [%s, %s): committed %d file(s)", run_id, start, end, len(summary.files))
     return summary

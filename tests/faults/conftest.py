@@ -1,0 +1,18 @@
+"""Fixtures of the fault tests (issue 16, item 3); the helpers are in faultkit.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from faultkit import land_reviews, shop_settings
+
+from ml.core.settings import Settings
+
+
+@pytest.fixture
+def reviews_shop(tmp_path: Path) -> Settings:
+    """A DuckDB shop with the All_Beauty 2018 reviews landed by ``shopflow land`` (101 partitions)."""
+    settings = shop_settings(tmp_path / "work")
+    land_reviews(settings)
+    return settings

@@ -1,0 +1,117 @@
+"""Two runs of the same interval at once leave the warehouse as one run does (issue 16, item 3).
+
+Airflow can start a run of an interval beside one already running (a manual run beside the
+scheduled one, a retry beside a task it wrongly thought dead). The quick test runs two ingests of
+the same interval as two processes at once, over a loaded warehouse, on DuckDB and PostgreSQL; the
+slow one runs two whole ``shopflow run-interval`` chains (ingest, raw gate, dbt, marts gate) at once
+and compares every raw, quarantine and mart table with a single run's.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from faultkit import (
+    REVIEWS_END,
+    REVIEWS_START,
+    land_reviews,
+    shop_settings,
+    start_python,
+    table_state,
+)
+
+from ml.core.settings import Settings
+from ml.data.ingest import ingest_interval
+
+INGEST = """
+import sys
+from datetime import date
+from ml.core.settings import Settings
+from ml.data.ingest import ingest_interval
+start, end = date.fromisoformat(sys.argv[1]), date.fromisoformat(sys.argv[2])
+summary = ingest_interval(start, end, sys.argv[3], Settings())
+print("rows", sum(summary.rows_by_table.values()))
+"""
+RUN_INTERVAL = """
+import sys
+from datetime import date
+from ml.core.settings import Settings
+from ml.flows.interval import run_interval
+start, end = date.fromisoformat(sys.argv[1]), date.fromisoformat(sys.argv[2])
+run_interval(start, end, sys.argv[3], Settings())
+print("published")
+"""
+GATE_START = date(2017, 1, 1)
+
+
+def _at_once(code: str, settings: Settings, tmp_path: Path, start: date, end: date) -> None:
+    """Two processes of ``code`` for the same interval, started together; both must succeed."""
+    runs = [
+        start_python(code, settings, tmp_path / f"{name}.log", args=[str(start), str(end), name])
+        for name in ("run-a", "run-b")
+    ]
+    for process in runs:
+        out, _ = process.communicate(timeout=1800)
+        assert process.returncode == 0, out[-3000:]
+
+
+def _shop(tmp_path: Path, name: str, **values: object) -> Settings:
+    settings = shop_settings(tmp_path / name, **values)
+    land_reviews(settings)
+    return settings
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        # DuckDB's processes queue on the file lock (tests/unit/test_warehouse_lock.py): slow only.
+        pytest.param("duckdb", marks=pytest.mark.slow),
+        # PostgreSQL let both write until ingest took an advisory lock: this case found it.
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
+def test_two_ingests_of_one_interval_at_once_equal_one(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    values: dict[str, object] = {}
+    if engine == "postgres":
+        values = {"warehouse": "postgres", "postgres_dsn": request.getfixturevalue("own_pg_database")}
+    shop = _shop(tmp_path, "shop", **values)
+    once = ingest_interval(GATE_START, REVIEWS_END, "once", shop)
+    single = table_state(shop, "raw.interactions")
+    assert len(single) == sum(once.rows_by_table.values()) > 0
+
+    _at_once(INGEST, shop, tmp_path, GATE_START, REVIEWS_END)
+    both = table_state(shop, "raw.interactions")
+    assert len(both) == len(single)  # not twice: no partition was written by both
+    assert both.equals(single)
+
+
+MART_TABLES = ("raw.interactions", "quarantine.rows")
+
+
+@pytest.mark.slow
+def test_two_whole_interval_runs_at_once_equal_one(tmp_path: Path) -> None:
+    from ml.core.warehouse import Warehouse
+    from ml.flows.interval import run_interval
+
+    alone = _shop(tmp_path, "alone")
+    run_interval(REVIEWS_START, REVIEWS_END, "alone", alone)
+    shared = _shop(tmp_path, "shared")
+    _at_once(RUN_INTERVAL, shared, tmp_path, REVIEWS_START, REVIEWS_END)
+
+    marts = Warehouse(alone).read(
+        "select table_schema || '.' || table_name as name from information_schema.tables "
+        "where table_schema in ('staging', 'intermediate', 'marts') and table_type = 'BASE TABLE'"
+    )["name"]
+    tables = [*MART_TABLES, *sorted(marts)]
+    assert len(tables) > 5
+    # Lineage (which run wrote a row, when) differs by design; quarantine rows name their run.
+    drop = {"_run_id", "_loaded_at", "run_id", "quarantined_at", "loaded_at", "dbt_run_id"}
+    for table in tables:
+        single, double = table_state(alone, table, drop), table_state(shared, table, drop)
+        assert len(single) > 0 or table.startswith("quarantine"), table
+        pd.testing.assert_frame_equal(double, single, obj=table)
