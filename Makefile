@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 SHOPFLOW_WORK_DIR ?= $(CURDIR)/.shopflow
 PORT ?= 3000
 
-.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput bench-drift bench-serving bench-pii bench-demo clean
+.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput bench-drift bench-serving bench-pii bench-demo clean bench-generation
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ bench-train_throughput: $(STAMP)  ## samples/s and tokens/s of fine-tuning (froz
 
 bench-serving: $(STAMP)  ## the Bento under load (1/8/32 clients, recommend + search) vs the in-process call
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serving.py
+
+bench-generation: $(STAMP)  ## the generator on CPU: tokens/s, latency, fine-tune, base vs tuned (understanding, copy, raw_pass_rate)
+	HF_HUB_OFFLINE=1 nice -n 10 $(BIN)/python bench/generation.py
 
 bench-pii: $(STAMP)  ## PII scrubber: phone false positives on real catalog/review text, recall on labelled PII, old vs new
 	$(BIN)/python bench/pii.py
