@@ -68,12 +68,14 @@ bench-demo: $(STAMP)  ## the main job timed from cold in its own work dir (run o
 	SHOPFLOW_WORK_DIR=$(CURDIR)/.shopflow/bench/demo $(BIN)/shopflow demo --timings-json bench/results/demo.json
 
 bench-drift: $(STAMP)  ## Evidently drift at 1M and 10M lines (real + labelled synthetic copies): warehouse sample vs pandas vs unsampled
-	$(BIN)/python bench/drift.py
+	SHOPFLOW_DUCKDB_MEMORY_LIMIT=512MB $(BIN)/python bench/drift.py
 
 bench-train_throughput: $(STAMP)  ## samples/s and tokens/s of fine-tuning (frozen, lora, full); MFU on CUDA
 	$(BIN)/python bench/train_throughput.py
 
-bench-serving: $(STAMP)  ## the Bento under load (1/8/32 clients, recommend + search) vs the in-process call
+bench-serving: $(STAMP)  ## the Bento under load (1/8/32 clients, recommend + search, wrk) vs the in-process call and a bare ASGI app; py-spy profile
+	@# wrk (Debian's package) is the load generator: C, one thread, so the client leaves the server its cores
+	-@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serving.py
 
 bench-generation: $(STAMP)  ## the generator on CPU: tokens/s, latency, fine-tune, base vs tuned (understanding, copy, raw_pass_rate)
@@ -81,6 +83,10 @@ bench-generation: $(STAMP)  ## the generator on CPU: tokens/s, latency, fine-tun
 
 bench-pii: $(STAMP)  ## PII scrubber: phone false positives on real catalog/review text, recall on labelled PII, old vs new
 	$(BIN)/python bench/pii.py
+
+.PHONY: bench-search
+bench-search: $(STAMP)  ## search methods (NDCG/Recall@10 per query kind, intent, latency) and /ask's assistant (accuracy, groundedness, no-match) on full Beauty
+	HF_HUB_OFFLINE=1 nice -n 10 $(BIN)/python bench/search.py
 
 clean:  ## remove run outputs (.shopflow/); keeps .venv
 	rm -rf .shopflow dbt/target dbt/logs

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     duckdb_path: Path | None = Field(
         None, description="DuckDB warehouse file; defaults to <work_dir>/warehouse.duckdb."
     )
+    duckdb_memory_limit: str | None = Field(
+        None,
+        description="DuckDB's memory_limit for ShopFlow's connections (e.g. '512MB'); unset, DuckDB "
+        "takes 80% of RAM and a scan of a large interval keeps its blocks cached (bench/drift.py: "
+        "2 GB peak at 10M rows, 0.7 GB with '512MB', slower). dbt's connections are configured in "
+        "dbt/profiles.yml.",
+    )
     duckdb_lock_timeout_s: float = Field(
         3600.0,
         gt=0,
@@ -257,6 +264,14 @@ class Settings(BaseSettings):
         "swaps to a newly promoted or rolled-back version in-process once it has loaded, warmed up "
         "and passed the smoke queries (serving/hot_swap.py); 0 turns following off. A Bento pinned "
         "to a version by SHOPFLOW_SERVING_MODEL never follows.",
+    )
+    serving_log_flush_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="0: each request writes its request-log line before it answers. > 0: lines are "
+        "queued and a thread appends them every this many seconds (off the request path; a "
+        "graceful stop loses none, a SIGKILL at most this interval's, never a broken line).",
     )
 
     @model_validator(mode="after")

@@ -96,7 +96,8 @@ class Warehouse:
             path = self.settings.duckdb_file
             path.parent.mkdir(parents=True, exist_ok=True)
             with duckdb_lock(self.settings):
-                con = duckdb.connect(str(path))
+                limit = self.settings.duckdb_memory_limit
+                con = duckdb.connect(str(path), config={"memory_limit": limit} if limit else {})
                 try:
                     con.execute("BEGIN TRANSACTION")
                     yield con
