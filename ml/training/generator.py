@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +66,17 @@ def resolve_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
     return {**DEFAULTS, **overrides}
 
 
-def _threads(config: dict[str, Any]) -> None:
+@contextmanager
+def _threads(config: dict[str, Any]) -> Iterator[None]:
+    """torch's thread count for one stage, restored after it (the setting is process-wide)."""
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(int(config["threads"]))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def read_catalog(settings: Settings, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -157,24 +166,24 @@ def finetune_generator(
 
     settings = settings or get_settings()
     config = resolve_overrides(overrides)
-    _threads(config)
     items, _ = _read_run(run_id, settings)
     labelled = items[items["title"].notna() & items["categories"].notna()]
     train, heldout = split_items(labelled, config["heldout_fraction"])
     pairs = training_pairs(train, config["tasks"], theme_sets=len(train) // 3, seed=config["seed"])
-    generator = load_generator(config["generator"], cache_dir=settings.generator_cache_dir, device="cpu")
-    result = finetune(
-        generator,
-        pairs,
-        FinetuneConfig(
-            mode=config["mode"],
-            max_steps=int(config["max_steps"]),
-            time_budget_s=config["time_budget_s"],
-            batch_size=int(config["batch_size"]),
-            learning_rate=float(config["learning_rate"]),
-            seed=int(config["seed"]),
-        ),
-    )
+    with _threads(config):
+        generator = load_generator(config["generator"], cache_dir=settings.generator_cache_dir, device="cpu")
+        result = finetune(
+            generator,
+            pairs,
+            FinetuneConfig(
+                mode=config["mode"],
+                max_steps=int(config["max_steps"]),
+                time_budget_s=config["time_budget_s"],
+                batch_size=int(config["batch_size"]),
+                learning_rate=float(config["learning_rate"]),
+                seed=int(config["seed"]),
+            ),
+        )
     folder = generator_dir(run_id, settings) / "tuned"
     save_tuned(result, folder, base=config["generator"], extra={"tasks": list(config["tasks"])})
     return {
@@ -213,7 +222,6 @@ def evaluate_generators(
 
     settings = settings or get_settings()
     config = resolve_overrides(overrides)
-    _threads(config)
     items, pairs = _read_run(run_id, settings)
     labelled = items[items["title"].notna() & items["categories"].notna()]
     _, heldout = split_items(labelled, config["heldout_fraction"])
@@ -237,14 +245,15 @@ def evaluate_generators(
             generator, cases, config=gen_config, brands=brands, phone_regions=settings.pii_phone_regions
         )
 
-    start = time.perf_counter()
-    results = {"base": score(load_base())}
-    tuned_dir = generator_dir(run_id, settings) / "tuned"
-    results["tuned"] = score(load_tuned(load_base(), tuned_dir))
-    champion = registry.generator_champion(settings)
-    if champion is not None:
-        version = registry.get(champion, settings)
-        results["champion"] = score(load_tuned(load_base(), version.path))
+    with _threads(config):
+        start = time.perf_counter()
+        results = {"base": score(load_base())}
+        tuned_dir = generator_dir(run_id, settings) / "tuned"
+        results["tuned"] = score(load_tuned(load_base(), tuned_dir))
+        champion = registry.generator_champion(settings)
+        if champion is not None:
+            version = registry.get(champion, settings)
+            results["champion"] = score(load_tuned(load_base(), version.path))
     reference = "champion" if champion is not None else "base"
     comparison = compare(results["tuned"], results[reference])
     evaluation = {
