@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 SHOPFLOW_WORK_DIR ?= $(CURDIR)/.shopflow
 PORT ?= 3000
 
-.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput bench-drift bench-serving bench-pii bench-demo clean bench-generation
+.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput bench-drift bench-serving bench-pii bench-demo clean bench-generation celery-local
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ lint: $(STAMP)  ## ruff + mypy + the one-way import contracts (.importlinter)
 
 test: lint  ## the quick test gate (CI): lint, type check, tests not marked slow
 	$(BIN)/pytest -q
+
+celery-local: $(STAMP)  ## Airflow on CeleryExecutor here, no containers: local PostgreSQL + Redis, workers on default and gpu (Ctrl-C stops)
+	$(BIN)/python scripts/celery_local.py
 
 test-slow: $(STAMP)  ## the long runs: full data, real-scheduler loops
 	@# Headless Chromium renders the Data Docs offline (tests/data/test_data_docs_offline.py; skipped without it)
