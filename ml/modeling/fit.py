@@ -364,14 +364,14 @@ def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed
     best_state: dict[str, Any] | None = None
     ckpt_path = out / CHECKPOINT_FILE
     data_key = f"{data.source}:{data.texts_hash()}:{data.num_users}:{data.num_interactions}"
-    if config.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=trainer.device, weights_only=False)
+    ckpt = _load_checkpoint(ckpt_path, trainer.device) if config.resume else None
+    if ckpt is not None:
         if ckpt.get("fingerprint") == config.fingerprint() and ckpt.get("data") == data_key:
             trainer.restore(ckpt["weights"])
             trainer.optimizer.load_state_dict(ckpt["optimizer"])
             history, best_metric, best_epoch = ckpt["history"], ckpt["best_metric"], ckpt["best_epoch"]
             best_state, stale, first_epoch = ckpt["best_state"], ckpt["stale"], ckpt["epoch"] + 1
-            trainer.rng = np.random.default_rng(config.seed + ckpt["epoch"])
+            _restore_rng(trainer, ckpt)
             log.info("resuming %s after epoch %d", out, ckpt["epoch"])
         else:
             log.info("checkpoint in %s is for another config or data; starting afresh", out)
@@ -413,7 +413,7 @@ def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed
         if not dist.is_main:
             continue
         log.info("epoch %d %s", epoch, {k: round(v, 4) for k, v in record.items()})
-        torch.save(
+        _save_checkpoint(
             {
                 "weights": trainer.snapshot(),
                 "optimizer": trainer.optimizer.state_dict(),
@@ -425,9 +425,11 @@ def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed
                 "best_epoch": best_epoch,
                 "best_state": best_state,
                 "stale": stale,
+                "rng": _rng_state(trainer),
             },
             ckpt_path,
         )
+        log.info("checkpoint after epoch %d saved in %s", epoch, ckpt_path)
 
     if best_state is not None:
         trainer.restore(best_state)
@@ -461,6 +463,50 @@ def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed
         device=str(trainer.device),
         world_size=dist.world_size,
     )
+
+
+def _rng_state(trainer: Trainer) -> dict[str, Any]:
+    """Every random state the next epoch draws from: batch order (numpy), dropout and sampled
+    negatives (torch), so a resumed run continues exactly as the uninterrupted one would."""
+    state: dict[str, Any] = {"numpy": trainer.rng.bit_generator.state, "torch": torch.get_rng_state()}
+    if trainer.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(trainer.device)
+    return state
+
+
+def _restore_rng(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    state = ckpt.get("rng")
+    if state is None:  # a checkpoint written before the states were kept
+        trainer.rng = np.random.default_rng(trainer.config.seed + ckpt["epoch"])
+        return
+    trainer.rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], trainer.device)
+
+
+def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write the checkpoint beside its place, then rename it there.
+
+    A process killed while writing (an Airflow task's SIGKILL, an OOM kill, a lost node) would
+    otherwise leave a truncated ``checkpoint.pt`` that its retry cannot load; a rename is atomic,
+    so the retry finds the previous epoch's checkpoint or this one, whole.
+    """
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any] | None:
+    """The run's checkpoint, or None when there is none or it cannot be read (start afresh)."""
+    if not path.exists():
+        return None
+    try:
+        ckpt: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # torch raises many types for a damaged file
+        log.warning("checkpoint %s cannot be read (%s); starting afresh", path, error)
+        return None
+    return ckpt
 
 
 def _finish_encoder(trainer: Trainer) -> None:
