@@ -84,8 +84,10 @@ def related_pairs(
             raise KeyError(f"interactions: column {column!r} missing (need user_id, item_id, timestamp)")
     frame = interactions[["user_id", "item_id", "timestamp"]].copy()
     ts = frame["timestamp"]
-    seconds = ts.astype("int64") // 10**9 if pd.api.types.is_datetime64_any_dtype(ts) else ts.astype("int64")
-    frame["t"] = seconds
+    if pd.api.types.is_datetime64_any_dtype(ts):  # any resolution, naive (UTC) or aware
+        frame["t"] = (pd.to_datetime(ts, utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    else:
+        frame["t"] = ts.astype("int64")
     frame = frame.sort_values(["user_id", "t", "item_id"], kind="stable")
     window = window_days * 86_400
     pairs: dict[tuple[str, str], None] = {}
