@@ -20,10 +20,12 @@ cold-start answer.
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +38,7 @@ from ml.core.artifacts import HISTORIES_FILE, METADATA_FILE, read_histories, run
 from ml.core.pii import scrub, user_hash
 from ml.core.settings import Settings
 from ml.modeling.model import load
+from ml.retrieval.assistant import Assistant, AssistantConfig
 from ml.retrieval.facts import CatalogFacts
 from ml.retrieval.hybrid import DEFAULT_MODE, MODES, PERSONAL_MODE, HybridSearcher
 
@@ -102,39 +105,105 @@ class _LRU:
         return len(self._data)
 
 
+LOG_FLUSH_S = 0.2
+"""A sensible interval for the request log's writer thread (``RequestLog(flush_s=...)``): a SIGKILL
+loses at most the lines of this interval (issue 14 asks for <= 1 s)."""
+
+
 class RequestLog:
     """Requests and responses as JSON lines, one file per UTC day, for the monitoring ingest.
 
-    The day's file stays open (reopened when the day changes) and each line is flushed as it is
-    written: opening the file per request cost more than the rest of a cached recommendation.
+    With ``flush_s`` 0 (the default) each line is written by the request that logs it, before it
+    returns (what the in-process callers and the monitoring tests read at once). With ``flush_s``
+    > 0 the log is off the request path: :meth:`write` only stamps the record and appends it to a
+    queue (no JSON, no lock held against the disk, no system call); a writer thread wakes every
+    ``flush_s`` seconds, serialises what was queued and appends it to the day's file with one
+    ``write(2)`` of whole lines on an ``O_APPEND`` descriptor. So:
+
+    - a graceful stop (:meth:`close`: the service's shutdown hook, or interpreter exit) drains the
+      queue: no line is lost;
+    - a SIGKILL loses at most the lines queued in the last ``flush_s``, and never leaves a broken
+      line (a batch reaches the file in one system call, or not at all);
+    - writing one line per request, as before, cost a ``write(2)`` and a flush on every request.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, flush_s: float = 0.0) -> None:
         self.folder = folder
-        self._lock = threading.Lock()
+        self.flush_s = flush_s
+        self._queue: deque[tuple[datetime, dict[str, Any]]] = deque()
+        self._lock = threading.Lock()  # one writer at a time (the thread, flush(), close())
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
         self._path: Path | None = None
-        self._file: Any = None
+        self._fd: int | None = None
+        self._closed = False
+        self.lines_written = 0
 
     def path_for(self, when: datetime) -> Path:
         return self.folder / f"requests-{when:%Y-%m-%d}.jsonl"
 
     def write(self, record: dict[str, Any]) -> None:
-        now = datetime.now(UTC)
-        line = json.dumps({"timestamp": now.isoformat(timespec="milliseconds"), **record}, default=str)
-        path = self.path_for(now)
+        """Queue one record (the caller must not change it afterwards); written within ``flush_s``."""
+        self._queue.append((datetime.now(UTC), record))
+        if self.flush_s <= 0 or self._closed:
+            self.flush()  # synchronous, or after close (a late request): never left in the queue
+        elif self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
         with self._lock:
-            if path != self._path or self._file is None:
-                self.close()
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._file = path.open("a")
-                self._path = path
-            self._file.write(line + "\n")
-            self._file.flush()
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)  # a graceful interpreter exit drains the queue
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.flush_s)
+            self.flush()
+
+    def flush(self) -> int:
+        """Write every queued record now; returns how many."""
+        with self._lock:
+            batch: dict[Path, list[str]] = {}
+            n = 0
+            while self._queue:
+                when, record = self._queue.popleft()
+                stamped = {"timestamp": when.isoformat(timespec="milliseconds"), **record}
+                line = json.dumps(stamped, default=str)
+                batch.setdefault(self.path_for(when), []).append(line)
+                n += 1
+            for path, lines in batch.items():
+                self._append(path, ("\n".join(lines) + "\n").encode())
+            self.lines_written += n
+            return n
+
+    def _append(self, path: Path, data: bytes) -> None:
+        if path != self._path or self._fd is None:
+            self._close_fd()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._path = path
+        view = memoryview(data)
+        while view:  # one call for a regular file; the loop only matters on a full disk
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Stop the writer thread after writing everything queued (idempotent)."""
+        self._closed = True
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(5.0, self.flush_s * 10))
+        self.flush()
+        with self._lock:
+            self._close_fd()
 
 
 class _Slot:
@@ -227,6 +296,41 @@ def resolve_mode(mode: str | None, user_id: str | None) -> str:
     return mode
 
 
+_generators: dict[str, Any] = {}
+_generator_lock = threading.Lock()
+
+
+def assistant_generator(settings: Settings) -> tuple[Any, str | None]:
+    """The generator /ask writes with, loaded once per process on first use, or None and why.
+
+    The one place that picks it (``settings.ask_generator``: the packaged SmolLM2 base today), so
+    a tuned generator, once one is registered, is swapped in here alone. A GGUF generator is used
+    only once its converted checkpoint is in ``settings.generator_cache_dir``: converting costs
+    ~50 s of CPU and ~0.5 GB, not something a serving process should start on a request. Until
+    then each call looks again (a file test), so a checkpoint converted later is picked up.
+    """
+    name = settings.ask_generator
+    if not name:
+        return None, "the assistant's generator is off (SHOPFLOW_ASK_GENERATOR is empty)"
+    from ml.generation.load import GeneratorNotFound, cache_entry, load_generator, resolve
+
+    with _generator_lock:
+        if name in _generators:
+            return _generators[name], None
+        try:
+            target = resolve(name)
+        except GeneratorNotFound as error:
+            return None, str(error)
+        cache = settings.generator_cache_dir
+        if isinstance(target, Path) and target.suffix == ".gguf" and not cache_entry(cache, target).is_dir():
+            return None, (
+                f"the generator {name!r} is not converted yet in {cache} (the Bento does not convert it; "
+                "see the README, 'Search and the assistant')"
+            )
+        _generators[name] = load_generator(name, cache_dir=cache)
+        return _generators[name], None
+
+
 class ServingModel:
     """A registered model version ready to answer requests.
 
@@ -236,6 +340,8 @@ class ServingModel:
         log_dir: where the request log goes (``<work_dir>/serving_logs``).
         work_dir: ShopFlow work dir, to find the training snapshot's user histories.
         cache_size: hot users whose vectors are kept (LRU).
+        log_flush_s: 0: each request writes its log line itself; > 0: lines are queued and written
+            by a thread every this many seconds (:class:`RequestLog`).
     """
 
     def __init__(
@@ -245,13 +351,14 @@ class ServingModel:
         log_dir: Path | str,
         work_dir: Path | str | None = None,
         cache_size: int = 50_000,
+        log_flush_s: float = 0.0,
     ) -> None:
         import torch
 
         self.version_dir = Path(version_dir)
         self.tag = tag
         self.model = load(self.version_dir / "model")
-        self.log = RequestLog(Path(log_dir))
+        self.log = RequestLog(Path(log_dir), flush_s=log_flush_s)
         self.user_cache = _LRU(cache_size)
         model = self.model
         self.item_ids = list(model.item_ids)
@@ -282,6 +389,8 @@ class ServingModel:
         self.histories, self.histories_source = _find_histories(
             self.version_dir, Path(work_dir) if work_dir else None
         )
+        # Bundles and explanations packaged with the version (ml.generation.bundles), if any.
+        self._load_bundles()
         self.popular = self._popularity()
         # Torch modules are not re-entrant across threads: one lock per module, so a user-vector
         # pass never waits for a text-encoder pass.
@@ -373,7 +482,158 @@ class ServingModel:
             return []
         sims = self.unit_table[history] @ self.unit_table[items].T  # len(history) x len(items)
         best = [history[int(j)] for j in np.argmax(sims, axis=0)]
-        return [f"similar to {self.item_ids[b]} ({self.titles[b]}) you interacted with" for b in best]
+        return [self._explain(i, b) for i, b in zip(items, best, strict=True)]
+
+    # -- bundles and explanations (issue 12) ----------------------------------------------------
+    def _load_bundles(self) -> None:
+        """The packaged catalog (exact prices, categories), bundles and explanation cache.
+
+        A version packaged before bundles existed has none: the catalog is then parsed back from
+        the item texts (no prices, so /bundle cannot price a bundle and answers 404), and every
+        explanation is the template.
+        """
+        import pandas as pd
+
+        from ml.generation import bundles as b
+        from ml.retrieval.facts import parse_item_text
+
+        folder = self.version_dir / b.BUNDLES_DIR
+        self.bundles_source = str(folder) if (folder / b.CATALOG_FILE).exists() else "none"
+        if self.bundles_source != "none":
+            frame = pd.read_parquet(folder / b.CATALOG_FILE).drop_duplicates("item_id")
+            frame = frame.set_index("item_id").reindex(self.item_ids).reset_index(names="item_id")
+            frame["title"] = frame["title"].fillna(pd.Series(self.titles))
+        else:
+            parsed = [parse_item_text(t) for t in self.model.item_texts]
+            frame = pd.DataFrame(
+                {
+                    "item_id": self.item_ids,
+                    "title": [p[0] for p in parsed],
+                    "brand": [p[1] for p in parsed],
+                    "categories": [p[2] for p in parsed],
+                    "price": None,
+                }
+            )
+        frame.loc[0, ["title", "price"]] = ["", None]  # the padding row: never in a bundle
+        self.bundle_catalog = b.BundleCatalog(frame)
+        self.packaged_bundles: dict[str, Any] = {}
+        self.explanations: dict[tuple[str, str], str] = {}
+        if (folder / b.BUNDLES_FILE).exists():
+            self.packaged_bundles = b.read_bundles(pd.read_parquet(folder / b.BUNDLES_FILE))
+        if (folder / b.EXPLANATIONS_FILE).exists():
+            cached = pd.read_parquet(folder / b.EXPLANATIONS_FILE)
+            self.explanations = {
+                (str(i), str(h)): str(t)
+                for i, h, t in zip(cached["item_id"], cached["history_item_id"], cached["text"], strict=True)
+            }
+
+    def _explain(self, item: int, history: int) -> str:
+        """Why ``item`` follows ``history``: the packaged sentence for the pair (generated and
+        checked at packaging) or the template from the facts they share (microseconds)."""
+        from ml.generation.bundles import explanation_facts
+        from ml.generation.grounding import template
+
+        key = (self.item_ids[item], self.item_ids[history])
+        text = self.explanations.get(key)
+        if text is None:
+            facts = self.bundle_catalog.facts
+            text = template("explanation", explanation_facts(facts[item], facts[history]))
+        return f"{text} (you interacted with {key[1]})"
+
+    def bundle(
+        self,
+        item_id: str | None = None,
+        user_id: str | None = None,
+        title: str | None = None,
+        category: str | None = None,
+        brand: str | None = None,
+        price: float | None = None,
+        size: int = 3,
+    ) -> dict[str, Any]:
+        """A bundle around a catalog item, a known user's latest item, or a new item's text.
+
+        A catalog seed with a packaged bundle of ``size`` items is served from the package (its
+        copy generated and checked at packaging); otherwise (another size, a user without one,
+        a brand-new item) the bundle is built now from the model's embeddings (the item space;
+        the text space for a new item) under the complementarity rule, with the template copy.
+        """
+        from ml.generation import bundles as b
+        from ml.generation.grounding import ItemFacts
+
+        started = time.perf_counter()
+        catalog = self.bundle_catalog
+        index = self.model._index
+        seed_vector: np.ndarray | None = None
+        space = self.unit_table
+        if item_id is not None:
+            i = index.get(str(item_id))
+            if i is None or i == 0:
+                raise ServingError(
+                    404, f"unknown item_id {item_id!r}: not in the catalog of model {self.tag}; "
+                    "send the new item's title (and category) instead"
+                )
+            seed, basis = b.Seed(catalog.facts[i], i), "item"
+        elif user_id is not None:
+            history = [index[x] for x in self.histories.get(str(user_id), []) if x in index]
+            if not history:
+                raise ServingError(
+                    404, f"user {user_id!r} has no history with model {self.tag}: send an item_id or a title"
+                )
+            # The latest item of the history that has a packaged bundle, else the latest.
+            i = next((h for h in reversed(history) if self.item_ids[h] in self.packaged_bundles), history[-1])
+            seed, basis = b.Seed(catalog.facts[i], i), "user"
+        elif title is not None:
+            if self.unit_text is None:
+                raise ServingError(501, f"model {self.tag} has no text encoder (ID-only): send an item_id")
+            from ml.core.catalog import item_text
+
+            categories = tuple(c.strip() for c in (category or "").split(">") if c.strip())
+            facts = ItemFacts("new", title.strip(), brand, categories, price)
+            seed_vector = self.encode_queries([item_text("new", title, brand, category, price)])[0]
+            seed, basis, space = b.Seed(facts), "new_item", self.unit_text
+        else:
+            raise ServingError(400, "give an item_id, a user_id or a new item's title")
+        packaged = self.packaged_bundles.get(seed.facts.item_id) if seed.index is not None else None
+        if packaged is not None and len(packaged.item_ids) == size:
+            found, strategy = packaged, "packaged"
+        else:
+            made = b.make_bundle(catalog, seed, {}, space, size, seed_vector)
+            if made is None:
+                raise ServingError(
+                    404, f"no bundle for {seed.facts.item_id!r}: fewer than 2 priced, complementary items"
+                )
+            found, strategy = b.template_copy(catalog, made), "embeddings"
+        rows = [catalog.facts[catalog.index[x]] for x in found.item_ids]
+        response = {
+            "model_version": self.tag,
+            "basis": basis,
+            "seed_item_id": seed.facts.item_id if seed.index is not None else None,
+            "seed_title": seed.facts.title,
+            "strategy": strategy,
+            "copy_status": found.copy,
+            "name": found.name,
+            "description": found.description,
+            "total_price": found.total_price,
+            "items": [
+                {
+                    "item_id": f.item_id,
+                    "title": f.title,
+                    "brand": f.brand,
+                    "category": " > ".join(f.categories) if f.categories else None,
+                    "price": f.price,
+                    "source": source,
+                }
+                for f, source in zip(rows, found.sources, strict=True)
+            ],
+        }
+        self._log(
+            "bundle",
+            started,
+            {"strategy": strategy, "items": [{"item_id": x, "score": 1.0} for x in found.item_ids]},
+            user_id=user_id,
+            request={"basis": basis, "size": size, "item_id": item_id},
+        )
+        return response
 
     # -- endpoints -----------------------------------------------------------------------------
     def recommend(
@@ -550,6 +810,59 @@ class ServingModel:
             raise ServingError(501, f"model {self.tag} has no text encoder (ID-only): search is unavailable")
         vector = None if mode == "bm25" else self.query_combiner(query)
         return self.search_vector(query, vector, k, mode, user_id)
+
+    def assistant(self, settings: Settings) -> tuple[Assistant, str | None]:
+        """This version's shopping assistant (built on the first /ask), with the generator when
+        one is ready, else None and why (looked for again on later questions)."""
+        if self.retriever is None:
+            raise ServingError(501, f"model {self.tag} has no text encoder (ID-only): /ask is unavailable")
+        assistant: Assistant | None = getattr(self, "_assistant", None)
+        if assistant is None:
+            combiner = self.query_combiner
+            assistant = Assistant(
+                self.retriever,
+                encode=lambda texts: np.stack([combiner(t) for t in texts]),
+                config=AssistantConfig(time_budget_s=settings.ask_time_budget_s),
+                phone_regions=settings.pii_phone_regions,
+            )
+            self._assistant = assistant
+        why = None
+        if assistant.generator is None:
+            assistant.generator, why = assistant_generator(settings)
+        return assistant, why
+
+    def ask(
+        self, question: str, history: Sequence[dict[str, str]] = (), settings: Settings | None = None
+    ) -> dict[str, Any]:
+        """The shopping assistant's answer to a question (``ml.retrieval.assistant``), logged.
+
+        ``history``: earlier turns, ``{"role": "user" | "assistant", "content": ...}``, oldest first.
+        """
+        started = time.perf_counter()
+        assistant, why = self.assistant(settings or Settings())
+        answer = assistant.answer(question, history)
+        public = answer.public()
+        if why is not None and answer.fallback and not answer.no_match:
+            public["note"] = f"{public['note']} ({why})"
+        strategy = "no_match" if answer.no_match else "template" if answer.fallback else "generated"
+        response = {"model_version": self.tag, "question": question, "strategy": strategy, **public}
+        intent = public["intent"]
+        self._log(
+            "ask",
+            started,
+            {
+                "strategy": strategy,
+                "items": [{"item_id": i["item_id"], "score": i["match"]} for i in public["items"]],
+            },
+            request={
+                "question": scrub(question),
+                "turns": len(history),
+                "intent": {**intent, "terms": scrub(intent["terms"])},
+                "grounded": answer.grounded,
+                "generated": answer.generated,
+            },
+        )
+        return response
 
     # -- logging -------------------------------------------------------------------------------
     def _log(

@@ -145,6 +145,10 @@ class CellResult:
     p99_ms: float
     max_ms: float
     error_examples: list[str]
+    client: str = "raw"
+    client_cpu_s: float | None = None
+    """CPU time the load client spent in the cell (user + system; wrk: its process, measured by the
+    kernel; the Python clients: this whole process, so only meaningful when nothing else runs in it)."""
 
 
 def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
@@ -198,6 +202,7 @@ async def _run_cell(
     errors = 0
     examples: list[str] = []
     start = time.perf_counter()
+    cpu_start = time.process_time()  # warm-up included, as the server's CPU in bench/serving.py
     measure_from = start + warmup_s
     stop = measure_from + seconds
 
@@ -265,6 +270,8 @@ async def _run_cell(
         await asyncio.gather(*(raw_client() for _ in range(concurrency)))
     measured = max(time.perf_counter() - measure_from, 1e-9)
     return CellResult(
+        client=client,
+        client_cpu_s=round(time.process_time() - cpu_start, 3),
         endpoint=endpoint,
         concurrency=concurrency,
         seconds=round(measured, 2),
@@ -324,6 +331,97 @@ def run_cell(
     )
 
 
+WRK_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "wrk" / "post_json.lua"
+
+
+def run_wrk_cell(
+    url: str,
+    endpoint: str,
+    payloads: Sequence[dict[str, Any]],
+    concurrency: int,
+    seconds: float,
+    warmup_s: float = 2.0,
+    token: str | None = None,
+    timeout_s: float = 30.0,
+    wrk: str = "wrk",
+) -> CellResult:
+    """The same closed-loop cell driven by ``wrk`` (C, one thread, epoll) with bench/wrk/post_json.lua.
+
+    wrk's connections each send their next request when the previous one is answered, like
+    :func:`run_cell`'s clients, for a small fraction of their CPU (``client_cpu_s``: the wrk
+    process's user + system time, from the kernel's accounting of this process's children). A
+    separate uncounted wrk run of ``warmup_s`` comes first. Errors: connect/read/write failures,
+    timeouts and statuses >= 400.
+
+    Raises:
+        FileNotFoundError: wrk is not installed (``apt-get install -y wrk``; ``make bench-serving``
+            installs it).
+        RuntimeError: wrk failed or printed no result (its output is in the message).
+    """
+    import resource
+    import shutil
+    import subprocess
+    import tempfile
+
+    check_bounds(url, concurrency, seconds)
+    exe = shutil.which(wrk)
+    if exe is None:
+        raise FileNotFoundError(f"{wrk!r} not found: install it (apt-get install -y wrk) or use --client raw")
+    if not payloads:
+        raise ValueError(f"no payloads for {endpoint}")
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", prefix=f"wrk-{endpoint}-") as bodies:
+        bodies.write("".join(json.dumps(p) + "\n" for p in payloads))
+        bodies.flush()
+
+        def command(duration_s: float) -> list[str]:
+            return [
+                exe,
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, round(duration_s))}s",
+                "--timeout",
+                f"{max(1, round(timeout_s))}s",
+                "-s",
+                str(WRK_SCRIPT),
+                f"{url.rstrip('/')}/{endpoint}",
+                "--",
+                bodies.name,
+                token or "",
+            ]
+
+        if warmup_s > 0:
+            subprocess.run(command(warmup_s), capture_output=True, check=False, timeout=warmup_s + 60)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run(
+            command(seconds), capture_output=True, text=True, check=False, timeout=seconds + timeout_s + 60
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(
+            f"wrk failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
+    result = json.loads(line.removeprefix("WRK_JSON "))
+    measured = max(result["duration_us"] / 1e6, 1e-9)
+    errors = int(sum(result["errors"].values()))
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return CellResult(
+        endpoint=endpoint,
+        concurrency=concurrency,
+        seconds=round(measured, 2),
+        requests=int(result["requests"]),
+        errors=errors,
+        requests_per_s=round(result["requests"] / measured, 1),
+        p50_ms=round(result["p50_us"] / 1000, 2),
+        p95_ms=round(result["p95_us"] / 1000, 2),
+        p99_ms=round(result["p99_us"] / 1000, 2),
+        max_ms=round(result["max_us"] / 1000, 2),
+        error_examples=[f"wrk errors: {result['errors']}"] if errors else [],
+        client="wrk",
+        client_cpu_s=round(cpu, 3),
+    )
+
+
 def recommend_payloads(version_dir: Path, n: int = 2000, k: int = 10, seed: int = 0) -> list[dict[str, Any]]:
     """``/recommend`` bodies for known users of a registered version (its histories.parquet), shuffled."""
     import pandas as pd
@@ -372,7 +470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds before each cell")
     parser.add_argument("--k", type=int, default=10, help="items per answer")
-    parser.add_argument("--client", choices=CLIENTS, default="raw", help="HTTP client (see above)")
+    parser.add_argument(
+        "--client",
+        choices=(*CLIENTS, "wrk"),
+        default="raw",
+        help="HTTP client (see above; wrk: the C load generator with bench/wrk/post_json.lua)",
+    )
     parser.add_argument(
         "--model-dir",
         type=Path,
@@ -393,18 +496,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     for endpoint in args.endpoint:
         payloads = payloads_for(endpoint, version_dir, args.k)
         for n in args.concurrency:
-            rows.append(
-                run_cell(
-                    args.url,
-                    endpoint,
-                    payloads,
-                    n,
-                    args.seconds,
-                    args.warmup,
-                    auth_headers(settings),
-                    client=args.client,
+            if args.client == "wrk":
+                token = settings.serving_api_token
+                rows.append(
+                    run_wrk_cell(
+                        args.url,
+                        endpoint,
+                        payloads,
+                        n,
+                        args.seconds,
+                        args.warmup,
+                        token=token.get_secret_value() if token else None,
+                    )
                 )
-            )
+            else:
+                rows.append(
+                    run_cell(
+                        args.url,
+                        endpoint,
+                        payloads,
+                        n,
+                        args.seconds,
+                        args.warmup,
+                        auth_headers(settings),
+                        client=args.client,
+                    )
+                )
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print(format_table(rows))
     if args.json:

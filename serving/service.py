@@ -75,6 +75,89 @@ def served_tag() -> str:
     return f"{MODEL_NAME}:latest"
 
 
+# -- following the champion ----------------------------------------------------------------------
+VERSION_PATH = "/version"
+_version_status: Callable[[], dict[str, Any]] | None = None
+"""What GET /version answers: set by the service instance of this worker once it has loaded."""
+
+
+def follow_champion(service: Any) -> Any:
+    """Keep ``service.engine`` on the registry's champion (a started ChampionFollower), or None.
+
+    Not followed: a worker pinned to a version by ``SHOPFLOW_SERVING_MODEL`` (the train DAG's
+    smoke test, the benchmark) and ``SHOPFLOW_SERVING_FOLLOW_CHAMPION_S=0``; /version says why.
+    A new version is loaded with its own request-log folder (``<work_dir>/serving_smoke``), so its
+    smoke queries never reach the monitored log; once published it writes to the live log.
+    """
+    global _version_status
+    pinned = os.environ.get("SHOPFLOW_SERVING_MODEL")
+    interval = _settings.serving_follow_champion_s
+    if pinned or interval <= 0:
+        reason = (
+            f"pinned to {pinned} by SHOPFLOW_SERVING_MODEL"
+            if pinned
+            else "following is off (SHOPFLOW_SERVING_FOLLOW_CHAMPION_S=0)"
+        )
+        _version_status = lambda: {  # noqa: E731
+            "model_version": service.engine.tag,
+            "following_champion": False,
+            "reason": reason,
+        }
+        return None
+    from ml import registry
+    from serving.engine import ServingModel
+    from serving.hot_swap import ChampionFollower
+
+    def load(tag: str) -> ServingModel:
+        version = registry.get(tag, _settings)
+        engine = ServingModel(
+            version.path,
+            tag=version.tag,
+            log_dir=_settings.work_dir / "serving_smoke",
+            work_dir=_settings.work_dir,
+        )
+        engine.warm_up()
+        return engine
+
+    def publish(engine: ServingModel) -> None:
+        engine.log.close()
+        engine.log = service.engine.log  # one live log file (and lock) across versions
+        service.engine = engine  # the swap: the next request reads the new reference
+        # The old version was frozen with the rest at start: unfreeze so it can be collected once
+        # the requests still inside it return, then freeze the new one (see __init__).
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+    follower = ChampionFollower(
+        service.engine, lambda: champion(_settings), load, publish, interval_s=interval
+    ).start()
+    _version_status = follower.status
+    return follower
+
+
+class VersionMiddleware:
+    """``GET /version``: the version answering now and the champion follower's state.
+
+    The follower's refusals (a promoted version that failed to load or failed the smoke queries)
+    are here, with the reason, so an operator sees why the pointer and the answers disagree.
+    Behind the bearer token like the API (it names versions and store paths).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != VERSION_PATH or scope["method"] != "GET":
+            return await self.app(scope, receive, send)
+        if _version_status is None:
+            return await _send_error(send, 503, "the service is still loading its model")
+        body = json.dumps(_version_status()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 # -- IO models -----------------------------------------------------------------------------------
 # The OpenAPI document is generated from these models, and schemathesis checks the service against
 # it (tests/serving/test_contract.py): every constraint the service enforces is declared here.
@@ -314,6 +397,197 @@ class RecommendRequest(BaseModel):
         return self
 
 
+# -- /ask: the shopping assistant (ml.retrieval.assistant) ---------------------------------------
+MAX_TURNS = 10
+
+
+class AskTurn(BaseModel):
+    """One earlier message of the conversation."""
+
+    model_config = ConfigDict(strict=True)
+
+    role: Literal["user", "assistant"] = Field(description="Who wrote it.")
+    content: str = Field(max_length=MAX_QUERY_CHARS, description="What was written.")
+
+
+def _question_not_blank(question: str) -> str:
+    if not re.search(NOT_BLANK, question):
+        raise ValueError("question is blank: ask something about the catalog")
+    return question
+
+
+Question = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="A shopper's question about the catalog (not blank).",
+        examples=["How much is the Maybelline Great Lash mascara?"],
+        json_schema_extra={"pattern": NOT_BLANK},
+    ),
+    AfterValidator(_question_not_blank),
+]
+
+
+class AskRequest(BaseModel):
+    """The /ask body: a question, optionally the conversation's earlier turns (oldest first)."""
+
+    model_config = ConfigDict(strict=True)
+
+    question: Question
+    history: list[AskTurn] | None = Field(
+        None,
+        max_length=MAX_TURNS,
+        description=f"Earlier turns, oldest first (at most {MAX_TURNS}; the last 4 reach the generator). "
+        "A follow-up that matches nothing alone is searched with the previous user turn.",
+        json_schema_extra=_nullable,
+    )
+
+
+class AskItem(BaseModel):
+    item_id: str = Field(description="A cited catalog item id.")
+    title: str
+    brand: str | None = Field(None, description="Brand; null when unknown.", json_schema_extra=_nullable)
+    category: str | None = Field(
+        None, description="Category path; null when unknown.", json_schema_extra=_nullable
+    )
+    price: float | None = Field(
+        None,
+        description="Exact price when the catalog snapshot has one (a model version keeps bands: null).",
+        json_schema_extra=_nullable,
+    )
+    price_band: str | None = Field(
+        None, description="Price band; null when unknown.", json_schema_extra=_nullable
+    )
+    match: float = Field(description="How well the item matches the question (word coverage + cosine).")
+
+
+class AskResponse(BaseModel):
+    model_version: str
+    question: str
+    answer: str = Field(description="The answer: generated and grounding-checked, else the template.")
+    strategy: Literal["generated", "template", "no_match"] = Field(
+        description="'generated' (the generator's text passed the grounding check), 'template' (built "
+        "from the catalog facts: no generator, busy, over its time budget or failed the check), "
+        "'no_match' (nothing in the catalog matches)."
+    )
+    items: list[AskItem] = Field(description="The items the answer cites, best first.")
+    intent: SearchIntent
+    asked: Literal["price", "brand", "category"] | None = Field(
+        None,
+        description="The fact asked about; null for a general question.",
+        json_schema_extra=_nullable_enum,
+    )
+    no_match: bool = Field(description="True when no catalog item matched (the answer says so).")
+    generated: bool = Field(description="Whether the generator wrote a text for this question.")
+    grounded: bool = Field(description="Whether that raw text passed the grounding check.")
+    fallback: bool = Field(description="Whether the template answer was served instead.")
+    generator: str | None = Field(
+        None,
+        description="The generator that wrote the served answer; null: template.",
+        json_schema_extra=_nullable,
+    )
+    note: str | None = Field(
+        None,
+        description="Why the template or 'no match' was served; null for a generated answer.",
+        json_schema_extra=_nullable,
+    )
+    reasons: list[str] = Field(description="The grounding check's reasons when the raw text failed.")
+
+
+# -- bundles (issue 12) ----------------------------------------------------------------------------
+MAX_TITLE_CHARS = 300
+_ONE_SEED: JsonDict = {
+    "anyOf": [
+        {"required": ["item_id"], "properties": {"item_id": {"type": "string"}}},
+        {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+        {"required": ["title"], "properties": {"title": {"type": "string"}}},
+    ]
+}
+
+
+class BundleRequest(BaseModel):
+    """The /bundle body: a seed (a catalog item, a known user, or a brand-new item's text) and a size.
+
+    When several are given, item_id wins over user_id, and user_id over title.
+    """
+
+    model_config = ConfigDict(strict=True, json_schema_extra=_ONE_SEED)
+
+    item_id: str | None = Field(
+        None,
+        max_length=MAX_ID_CHARS,
+        description="A catalog item to build the bundle around.",
+        json_schema_extra=_nullable,
+    )
+    user_id: str | None = Field(
+        None,
+        max_length=MAX_ID_CHARS,
+        description="A known user: the bundle of their latest item.",
+        json_schema_extra=_nullable,
+    )
+    title: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TITLE_CHARS,
+        description="A brand-new item's title (not in the catalog): its bundle comes from the text.",
+        json_schema_extra=_nullable,
+    )
+    category: str | None = Field(
+        None,
+        max_length=MAX_TITLE_CHARS,
+        description="The new item's category path ('A > B > C').",
+        json_schema_extra=_nullable,
+    )
+    brand: str | None = Field(
+        None, max_length=MAX_ID_CHARS, description="The new item's brand.", json_schema_extra=_nullable
+    )
+    price: float | None = Field(
+        None, ge=0, le=1e6, description="The new item's price.", json_schema_extra=_nullable
+    )
+    size: int = Field(3, ge=2, le=4, strict=True, description="Items in the bundle (2..4), seed included.")
+
+    @model_validator(mode="after")
+    def _has_seed(self) -> BundleRequest:
+        if self.item_id is None and self.user_id is None and self.title is None:
+            raise ValueError("give an item_id, a user_id or a new item's title")
+        return self
+
+
+class BundleItem(BaseModel):
+    item_id: str
+    title: str
+    brand: str | None = Field(None, json_schema_extra=_nullable)
+    category: str | None = Field(
+        None, description="Category path; null when unknown.", json_schema_extra=_nullable
+    )
+    price: float | None = Field(None, description="Catalog price.", json_schema_extra=_nullable)
+    source: str = Field(
+        description="'seed', 'copurchase' (bought together before) or 'embedding' (the model's neighbours)."
+    )
+
+
+class BundleResponse(BaseModel):
+    model_version: str
+    basis: str = Field(description="'item', 'user' (their latest item) or 'new_item' (text only).")
+    seed_item_id: str | None = Field(
+        None, description="The catalog seed; null for a new item.", json_schema_extra=_nullable
+    )
+    seed_title: str
+    strategy: str = Field(
+        description="'packaged' (built and written when the version was packaged) or 'embeddings' "
+        "(built now from the model's vectors, template copy)."
+    )
+    copy_status: str = Field(
+        description="'generated' (the generator's text passed the grounding check), 'fallback' (it "
+        "failed: the template is served) or 'template' (none was generated)."
+    )
+    name: str
+    description: str
+    total_price: float | None = Field(None, json_schema_extra=_nullable)
+    items: list[BundleItem]
+
+
 def _http_error(error: Exception) -> BentoMLException:
     """The BentoML exception (HTTP status + message) for a ServingError."""
     from serving.engine import ServingError
@@ -388,7 +662,7 @@ async def _unauthorized(send: Any, message: str) -> None:
 
 
 # -- the HTTP contract ----------------------------------------------------------------------------
-API_PATHS = frozenset({"/recommend", "/similar", "/search", "/search_batch"})
+API_PATHS = frozenset({"/bundle", "/recommend", "/similar", "/search", "/search_batch", "/ask"})
 DOCS_PATH = "/docs.json"
 ERROR_SCHEMA = "Error"
 ERROR_STATUSES = {
@@ -399,9 +673,14 @@ ERROR_STATUSES = {
     500: "Unexpected server error (see the server log).",
 }
 PATH_ERROR_STATUSES = {
+    "/bundle": {
+        404: "Unknown item id or user, or no complementary priced items for the seed.",
+        501: "The model has no text encoder (ID-only): a new item's title cannot be used.",
+    },
     "/similar": {404: "Unknown item id (use /search to find items by text)."},
     "/search": {501: "The model has no text encoder (ID-only): search is unavailable."},
     "/search_batch": {501: "The model has no text encoder (ID-only): search is unavailable."},
+    "/ask": {501: "The model has no text encoder (ID-only): the assistant is unavailable."},
 }
 
 
@@ -619,6 +898,7 @@ class Recommender:
             tag=str(stored.tag),
             log_dir=_settings.serving_log_dir,
             work_dir=_settings.work_dir,
+            log_flush_s=_settings.serving_log_flush_s,
         )
         # Readiness then means every endpoint is fast: encoder loaded, known users precomputed.
         users = self.engine.warm_up()
@@ -633,6 +913,16 @@ class Recommender:
         # which otherwise walk every history and cached vector (p99 tails under load).
         gc.collect()
         gc.freeze()
+        # Promotions and rollbacks reach this process without a restart (serving/hot_swap.py).
+        self.follower = follow_champion(self)
+
+    @bentoml.on_shutdown
+    def stop_following(self) -> None:
+        """Stop the champion follower's thread (a load in progress finishes first), then write the
+        request log's queued lines (a graceful stop loses none)."""
+        if getattr(self, "follower", None) is not None:
+            self.follower.stop()
+        self.engine.log.close()
 
     # recommend and similar run on the event loop: answering a known user is a cache lookup and a
     # faiss search (well under a millisecond), less than handing the call to a worker thread costs.
@@ -683,17 +973,53 @@ class Recommender:
         from serving.engine import ServingError
 
         try:
-            # One encoder pass for the whole (merged) batch; k is per query.
-            vectors = self.engine.encode_queries([q.query for q in queries])
+            # One encoder pass for the whole (merged) batch; k is per query. One engine for both
+            # steps: a champion swap between them would pair one version's vectors with another's.
+            engine = self.engine
+            vectors = engine.encode_queries([q.query for q in queries])
             out = []
             for q, vector in zip(queries, vectors, strict=True):
-                out.append(SearchResponse(**self.engine.search_vector(q.query, vector, q.k, q.mode)))
+                out.append(SearchResponse(**engine.search_vector(q.query, vector, q.k, q.mode)))
         except ServingError as error:
             raise _http_error(error) from error
         return out
+
+    # A thread of its own (sync): the generator may write for up to SHOPFLOW_ASK_TIME_BUDGET_S.
+    @bentoml.api(input_spec=AskRequest)
+    def ask(self, question: str, history: list[Any] | None = None) -> AskResponse:
+        """The shopping assistant: an answer from the catalog that cites item ids, or 'no matching
+        product' (the body: AskRequest)."""
+        from serving.engine import ServingError
+
+        turns = [t.model_dump() if isinstance(t, BaseModel) else dict(t) for t in history or []]
+        try:
+            return AskResponse(**self.engine.ask(question, turns, _settings))
+        except ServingError as error:
+            raise _http_error(error) from error
+
+    @bentoml.api(input_spec=BundleRequest)
+    def bundle(
+        self,
+        item_id: str | None = None,
+        user_id: str | None = None,
+        title: str | None = None,
+        category: str | None = None,
+        brand: str | None = None,
+        price: float | None = None,
+        size: int = 3,
+    ) -> BundleResponse:
+        """2-4 complementary items around a catalog item, a user's latest item or a new item's
+        text, with a total price, a name and a one-sentence description (the body: BundleRequest)."""
+        from serving.engine import ServingError
+
+        try:
+            return BundleResponse(**self.engine.bundle(item_id, user_id, title, category, brand, price, size))
+        except ServingError as error:
+            raise _http_error(error) from error
 
 
 # The decorator returns a bentoml.Service (its type hints say the class).
 # Outermost first: a request without credentials is refused before its body is looked at.
 Recommender.add_asgi_middleware(BearerTokenMiddleware)  # type: ignore[attr-defined]
 Recommender.add_asgi_middleware(ContractMiddleware)  # type: ignore[attr-defined]
+Recommender.add_asgi_middleware(VersionMiddleware)  # type: ignore[attr-defined]
