@@ -11,8 +11,9 @@ What is measured (every figure a pure function of truth and outputs, tested on h
 - *theme* (a set of items → their deepest common category): ``theme_leaf_exact``;
 - *grounding*: ``raw_pass_rate``, the share of the generator's own texts that pass
   ``grounding.check`` before any template stands in, on bundle names, bundle descriptions and
-  explanations built from real related items (bought or reviewed by the same user within 30 days),
-  overall and per kind. ``1 - raw_pass_rate`` is the fallback rate: how often the template is served.
+  explanations built from real related items (bought or reviewed by the same user within 30 days)
+  with the prompts and system prompt serving uses (``ml.generation.bundles``), overall and per
+  kind. ``1 - raw_pass_rate`` is the fallback rate: how often the template is served.
 
 Items are held out by a stable hash of their id (``split_items``), so the same catalog gives the same
 held-out set in every run, and a champion can be re-scored on the challenger's cases.
@@ -30,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from ml.generation import bundles
 from ml.generation.finetune import (
     UNDERSTANDING_PROMPT,
     _text,
@@ -39,7 +41,7 @@ from ml.generation.finetune import (
     theme_pairs,
 )
 from ml.generation.generate import GenerationConfig, generate
-from ml.generation.grounding import KINDS, BrandIndex, Facts, ItemFacts, Kind, check, fold, short_title
+from ml.generation.grounding import KINDS, BrandIndex, Facts, ItemFacts, Kind, check, fold
 from ml.generation.load import Generator
 
 # The figures the gate compares (higher is better for each).
@@ -51,7 +53,7 @@ GATED_METRICS = (
     "theme_leaf_exact",
     "raw_pass_rate",
 )
-SYSTEM_PROMPT = "You write short, factual copy for an online beauty shop. Use only the facts given."
+SYSTEM_PROMPT = bundles.SYSTEM_PROMPT  # the system prompt serving writes copy with
 WINDOW_DAYS = 30
 
 
@@ -106,36 +108,12 @@ def related_pairs(
 
 
 # -- prompts of the grounded kinds --------------------------------------------------------------------
-def _describe(item: ItemFacts) -> str:
-    parts = [short_title(item.title, max_words=10) or item.item_id]
-    if item.brand:
-        parts.append(f"by {item.brand}")
-    if item.categories:
-        parts.append(f"in {item.categories[-1]}")
-    if item.price is not None:
-        parts.append(f"at ${item.price:.2f}")
-    return " ".join(parts)
-
-
 def grounded_prompt(kind: Kind, facts: Facts) -> str:
-    """The prompt of one bundle name, bundle description or explanation, from its facts alone."""
-    items = facts.items
-    if kind == "bundle_name":
-        listed = "\n".join(f"- {_describe(i)}" for i in items)
-        return f"Give a short name (at most five words) for a bundle of these products:\n{listed}"
-    if kind == "bundle_description":
-        listed = "\n".join(f"- {_describe(i)}" for i in items)
-        total = facts.total_price
-        price = f" The bundle costs ${total:.2f} in all." if total is not None else ""
-        return f"Describe this bundle in one sentence:\n{listed}\n{price}".rstrip()
-    if kind == "explanation":
-        if len(items) < 2:
-            raise ValueError("an explanation needs the recommended item and the history item")
-        return (
-            f"A shopper bought {_describe(items[1])}. We recommend {_describe(items[0])}. "
-            "In one sentence, say why."
-        )
-    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    """The prompt of one bundle name, bundle description or explanation: the one serving sends
+    (``ml.generation.bundles.prompt``), so ``raw_pass_rate`` measures what shoppers would get."""
+    if kind == "explanation" and len(facts.items) < 2:
+        raise ValueError("an explanation needs the recommended item and the history item")
+    return bundles.prompt(kind, facts)
 
 
 @dataclass(frozen=True)
@@ -169,7 +147,9 @@ def grounded_cases(
                 more = [c for c in partners.get(a, []) if c not in ids]
                 if more and rng.random() < 0.5:
                     ids.append(rng.choice(more))
-            facts = Facts(items=tuple(ItemFacts.from_record(records[i]) for i in ids))
+            items = [ItemFacts.from_record(records[i]) for i in ids]
+            # An explanation's facts carry what the two items share, as serving builds them.
+            facts = bundles.explanation_facts(*items) if kind == "explanation" else Facts(items=tuple(items))
             cases.append(GroundedCase(kind=kind, facts=facts, prompt=grounded_prompt(kind, facts)))
     return cases
 

@@ -146,14 +146,15 @@ def test_grounded_cases_are_built_from_the_pairs_facts() -> None:
     assert [c.kind for c in cases] == ["bundle_name"] * 2 + ["bundle_description"] * 2 + ["explanation"] * 2
     explanation = cases[-1]
     assert [i.item_id for i in explanation.facts.items] in (["b", "a"], ["f", "b"])
-    assert explanation.prompt.startswith("A shopper bought ")
+    assert explanation.prompt.startswith("A shopper liked: ")  # serving's prompt (ml.generation.bundles)
+    assert "Nails" in explanation.facts.extra  # what the pair shares, as serving's facts hold it
     facts = Facts(
         items=(
             ItemFacts.from_record(CATALOG.iloc[0].to_dict()),
             ItemFacts.from_record(CATALOG.iloc[1].to_dict()),
         )
     )
-    assert grounded_prompt("bundle_description", facts).endswith("The bundle costs $17.50 in all.")
+    assert "The set costs $17.50 in all." in grounded_prompt("bundle_description", facts)
     with pytest.raises(ValueError, match="history item"):
         grounded_prompt("explanation", Facts(items=facts.items[:1]))
 
