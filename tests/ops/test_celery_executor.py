@@ -211,7 +211,12 @@ def test_a_worker_takes_an_airflow_workload_from_its_named_queue_only(tmp_path: 
             stray = app.send_task(task, args=[workloads["nobody"]], queue="nobody")
             sent = app.send_task(task, args=[workloads[queue]], queue=queue)
             # The messages wait in Redis until the worker is up (an airflow CLI start: most of the time).
-            sent.get(timeout=120, propagate=False)
+            try:
+                sent.get(timeout=120, propagate=False)
+            except TimeoutError:
+                pytest.fail(
+                    f"no result in 120 s; worker log {home / 'worker.log'}:\n{_tail(home / 'worker.log')}"
+                )
             took = time.monotonic() - started
             assert worker_process.poll() is None, (home / "worker.log").read_text()[-3000:]
             assert worker_queues(broker)[name] == [queue]
@@ -232,6 +237,10 @@ def test_a_worker_takes_an_airflow_workload_from_its_named_queue_only(tmp_path: 
 
 
 _TI_IDS: dict[str, Any] = {}
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
 def _workload(queue: str) -> str:
