@@ -260,3 +260,45 @@ def _workload(queue: str) -> str:
         token="not-a-token", log_path=f"celery_gate/{queue}.log",
     )  # fmt: skip
     return workload.model_dump_json()
+
+
+def test_parallel_runs_claim_different_broker_databases_and_release_them() -> None:
+    """Two runs on one Redis never share a broker database (they would take each other's tasks);
+    a released database is empty and can be claimed again."""
+    import redis
+
+    from ml.ops.celery_local import BROKER_CLAIM_KEY, REDIS_URL, claim_broker_db, release_broker_db
+
+    first = claim_broker_db(owner="test-first")
+    try:
+        second = claim_broker_db(owner="test-second")
+        try:
+            assert first != second
+            client = redis.Redis.from_url(REDIS_URL, db=first)
+            assert client.get(BROKER_CLAIM_KEY) == b"test-first"
+            assert 0 < int(client.ttl(BROKER_CLAIM_KEY)) <= 6 * 3600  # a crashed run's claim expires
+            client.close()
+        finally:
+            release_broker_db(REDIS_URL, second)
+    finally:
+        release_broker_db(REDIS_URL, first)
+    client = redis.Redis.from_url(REDIS_URL, db=first)
+    assert client.dbsize() == 0
+    client.close()
+
+
+def test_celery_needs_a_postgres_metadata_db_and_names_the_setting(tmp_path: Path) -> None:
+    from ml.ops.celery_local import CeleryAirflow, celery_env
+
+    with pytest.raises(ValueError, match="airflow_database_url"):
+        celery_env("sqlite:////tmp/airflow.db", "redis://127.0.0.1:6379/9")
+    with pytest.raises(ValueError, match="SHOPFLOW_AIRFLOW_DATABASE_URL"):
+        CeleryAirflow(Settings(work_dir=tmp_path, pii_salt="x"))  # type: ignore[arg-type]
+    env = celery_env(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/m", "redis://127.0.0.1:6379/9", heartbeat_timeout_s=30
+    )
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql+psycopg2://postgres@127.0.0.1:5432/m"
+    assert env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] == "30"
+    assert "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT" not in celery_env(
+        "postgresql://postgres@127.0.0.1:5432/m", "redis://127.0.0.1:6379/9"
+    )  # Airflow's 300 s unless asked
