@@ -438,6 +438,45 @@ def models_rollback(
         _fail(error)
 
 
+generator_app = typer.Typer(
+    help="The shop's generator: fine-tune, evaluate and gate it (issue 12); which one serves.",
+    no_args_is_help=True,
+)
+app.add_typer(generator_app, name="generator")
+
+
+@generator_app.command("finetune")
+def generator_finetune(
+    run_id: Annotated[str, typer.Option(help="Run folder name under <work_dir>/runs.")] = "generator_manual",
+    max_steps: Annotated[int, typer.Option(help="Fine-tuning step budget (batch 8).")] = 40,
+    mode: Annotated[str, typer.Option(help="lora (adapters, ~2 MB saved) or full.")] = "lora",
+    eval_per_kind: Annotated[
+        int, typer.Option(help="Grounded texts per kind (bundle name, description, explanation).")
+    ] = 8,
+) -> None:
+    """The DAG finetune_generator's stages in this process, on the marts of SHOPFLOW_TRAIN_SOURCE:
+    prepare -> fine-tune -> evaluate base vs tuned -> register -> gate."""
+    from ml.training.generator import GeneratorRunError, run_all
+
+    overrides = {"max_steps": max_steps, "mode": mode, "eval_per_kind": eval_per_kind}
+    try:
+        summary = run_all(run_id, get_settings(), overrides)
+    except GeneratorRunError as error:
+        _fail(error)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@generator_app.command("status")
+def generator_status() -> None:
+    """The champion generator (or the base) and every generator gate decision."""
+    from ml import registry
+
+    settings = get_settings()
+    typer.echo(f"served generator: {registry.generator_champion(settings) or 'base (no tuned champion)'}")
+    for decision in registry.generator_decisions(settings):
+        typer.echo(json.dumps(decision, default=str))
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print the effective settings (secrets masked)."""

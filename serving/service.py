@@ -870,6 +870,33 @@ def _errors_as_documented(send: Any) -> Any:
 # one encoder pass (serving.engine.QueryCombiner); recommend and similar run on the event loop.
 # The access log is off: every answered request is already logged, with its latency, by the
 # engine's request log, and BentoML's log line cost a few % of a cached recommendation's CPU.
+def stop_with_server(poll_s: float = 0.5, grace_s: float = 20.0) -> None:
+    """Stop this worker when the ``bentoml serve`` process that started it is gone.
+
+    BentoML's workers run in a session of their own, so a SIGKILL of the server (``kill -9`` of its
+    process group, an OOM kill, a supervisor's hard stop) left the worker alive on the inherited
+    socket, answering for a server that no longer existed and writing to its request log beside the
+    next start's worker (tests/serving/test_fault_bento_killed.py: still answering 2 minutes on).
+    A thread watches the parent; when it changes the worker stops as on a graceful stop (SIGTERM:
+    requests in flight finish, the request log is drained), and exits after ``grace_s`` regardless.
+    """
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.warning("the server process %d is gone: stopping this worker", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stop-with-server", daemon=True).start()
+
+
 @bentoml.service(
     name="shopflow",
     traffic={"timeout": 30},
@@ -915,6 +942,7 @@ class Recommender:
         gc.freeze()
         # Promotions and rollbacks reach this process without a restart (serving/hot_swap.py).
         self.follower = follow_champion(self)
+        stop_with_server()
 
     @bentoml.on_shutdown
     def stop_following(self) -> None:
