@@ -19,7 +19,8 @@ given by its text) and 1-3 complementary items:
    categories; there the stand-in is the product type read from the description
    (:func:`type_words`: its words without colours, patterns' filler and numbers): two items are
    substitutes when their first two type words agree ("HAND WARMER UNION JACK" / "HAND WARMER RED
-   POLKA DOT") or half of their type words are shared (Jaccard >= 0.5: "JUMBO BAG RED RETROSPOT" /
+   POLKA DOT"), the last type word of one is among the other's ("JUMBO BAG RED RETROSPOT" / "JUMBO
+   STORAGE BAG SUKI") or half of their type words are shared (Jaccard >= 0.5: "JUMBO BAG RED RETROSPOT" /
    "LUNCH BAG RED RETROSPOT"). Items without a price are left out (a bundle has a total).
 
 **Copy.** A bundle's name and one-sentence description, and each explanation ("why this item,
@@ -140,10 +141,14 @@ def type_words(title: str) -> tuple[str, ...]:
 
 
 def substitutes_by_type(a: Sequence[str], b: Sequence[str]) -> bool:
-    """The category-less rule: same first two type words, or Jaccard of the type words >= 0.5."""
+    """The category-less rule: same first two type words, one's last type word among the other's,
+    or Jaccard of the type words >= 0.5."""
     if not a or not b:
         return False
     if len(a) >= 2 and len(b) >= 2 and tuple(a[:2]) == tuple(b[:2]):
+        return True
+    # The noun a description ends on is often what the item is ("JUMBO BAG ..." / "... STORAGE BAG").
+    if a[-1] in b or b[-1] in a:
         return True
     sa, sb = set(a), set(b)
     return len(sa & sb) / len(sa | sb) >= 0.5
@@ -715,11 +720,13 @@ def package(
                 sources=tuple(s for _, s in chosen),
                 total_price=round(float(sum(catalog.prices[j] for j, _ in chosen)), 2),
             )
+    # Rows without a vector (a model's padding row) explain nothing and are nobody's neighbour.
+    has_vector = np.linalg.norm(unit_embeddings, axis=1) > 0
     pairs: list[tuple[int, int]] = [
         (int(j), i)
         for i in range(len(catalog))
-        if catalog.facts[i].title
-        for j in neighbours[i][:explanation_neighbours]
+        if catalog.facts[i].title and has_vector[i]
+        for j in [j for j in neighbours[i] if has_vector[j]][:explanation_neighbours]
     ]
     rank = {item: r for r, item in enumerate(popularity)}
     last = len(rank)

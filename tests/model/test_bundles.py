@@ -83,6 +83,13 @@ def test_type_rule_for_a_source_without_categories() -> None:
     assert not b.substitutes_by_type(
         b.type_words("JUMBO BAG RED RETROSPOT"), b.type_words("REGENCY CAKESTAND 3 TIER")
     )
+    assert b.substitutes_by_type(
+        b.type_words("JUMBO BAG RED RETROSPOT"), b.type_words("JUMBO STORAGE BAG SUKI")
+    )
+    # A shared collection is no reason: a cake stand and a teacup of one range go together.
+    assert not b.substitutes_by_type(
+        b.type_words("REGENCY CAKESTAND 3 TIER"), b.type_words("ROSES REGENCY TEACUP AND SAUCER")
+    )
     assert not b.substitutes_by_type(
         b.type_words("WHITE HANGING HEART T-LIGHT HOLDER"), b.type_words("SET OF 3 CAKE TINS PANTRY DESIGN")
     )
