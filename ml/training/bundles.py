@@ -38,9 +38,20 @@ def catalog_frame(settings: Settings, source: str) -> pd.DataFrame:
 
 
 def mart_pairs(settings: Settings, source: str) -> pd.DataFrame:
-    """``marts.fct_copurchase_pairs`` of one source (empty for sources without baskets)."""
+    """``marts.fct_copurchase_pairs`` of one source (empty for sources without baskets, and when
+    the mart was not built: a warehouse built for the training marts alone)."""
+    empty = pd.DataFrame({"item_a": [], "item_b": [], "n_baskets": []})
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
+        # information_schema answers the same on DuckDB and PostgreSQL.
+        found = warehouse.read(
+            "select count(*) as n from information_schema.tables "
+            "where table_schema = 'marts' and table_name = 'fct_copurchase_pairs'",
+            {},
+            con,
+        )
+        if int(found["n"].iloc[0]) == 0:
+            return empty
         return warehouse.read(
             "select item_a, item_b, n_baskets from marts.fct_copurchase_pairs where source = :source",
             {"source": source},
