@@ -89,6 +89,10 @@ def register_sample_champion(
     (package / "report").mkdir()
     (package / "report" / "metrics.json").write_text("{}")
     write_histories(examples, package)
+    # Bundles and explanations as register_challenger packages them (template copy, no generator).
+    from ml.training.bundles import package_bundles
+
+    package_bundles(package, examples, items)
     version = registry.register(
         package,
         metrics={"validation": {"ndcg@10": result.best_metric}},
