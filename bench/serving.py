@@ -438,8 +438,9 @@ def profile_server(
         "endpoint": "recommend",
         "clients": clients,
         "seconds": seconds,
-        "sampler": f"py-spy record --subprocesses --nonblocking --rate {PROFILE_RATE_HZ} (CPU samples of "
-        "non-idle threads, all the server's processes)",
+        "sampler": f"py-spy record --subprocesses --nonblocking --rate {PROFILE_RATE_HZ} (samples of "
+        "non-idle threads, all the server's processes; on an overloaded machine a thread runnable but "
+        "waiting for a core counts as non-idle, which skews the split towards long native calls)",
         "requests_during_profile": cell.requests,
         "requests_per_s_during_profile": cell.requests_per_s,
         "samples": total,
