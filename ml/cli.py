@@ -416,7 +416,8 @@ def models_promote(
     tag: Annotated[str, typer.Argument(help="Version tag to make the champion.")],
     reason: Annotated[str, typer.Option(help="Recorded with the decision.")] = "manual promotion",
 ) -> None:
-    """Make a version the champion by hand (recorded; the previous champion is kept for rollback)."""
+    """Make a version the champion by hand (recorded; the previous champion is kept for rollback).
+    A running Bento follows it without a restart (see `shopflow models rollback`)."""
     from ml import registry
 
     try:
@@ -429,7 +430,9 @@ def models_promote(
 def models_rollback(
     reason: Annotated[str, typer.Option(help="Recorded with the decision.")] = "manual rollback",
 ) -> None:
-    """Make the previous champion the champion again."""
+    """Make the previous champion the champion again (a running Bento follows within
+    SHOPFLOW_SERVING_FOLLOW_CHAMPION_S seconds, once the version has loaded and passed the smoke
+    queries; GET /version on the Bento shows it)."""
     from ml import registry
 
     try:
