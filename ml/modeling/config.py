@@ -39,6 +39,11 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(128, description="User sequences per step.")
     epochs: int = Field(20, description="Maximum passes over the training sequences.")
     max_steps_per_epoch: int | None = Field(None, description="Cap on steps per epoch (smoke runs).")
+    max_seconds: float | None = Field(
+        None,
+        description="Wall-clock budget: no epoch after the first starts after this many seconds "
+        "of training (the best validated weights are kept); None = no budget.",
+    )
     patience: int = Field(3, description="Stop after this many validations without a better NDCG@10.")
     eval_every: int = Field(1, description="Validate every this many epochs.")
     val_max_cases: int | None = Field(
@@ -46,10 +51,19 @@ class TrainConfig(BaseModel):
     )
     loss: Literal["auto", "full", "sampled"] = Field(
         "auto",
-        description="Softmax over the full catalog, or over the batch's items plus shared "
-        "negatives; auto = full on CUDA, sampled on CPU (3x faster per step on Beauty).",
+        description="Softmax over the full catalog, or each target against shared negatives "
+        "drawn from q (negative_power) with logQ correction; auto = full on CUDA, sampled on CPU "
+        "(about 10x less CPU per step on Beauty's 12k items at 256 negatives).",
     )
-    negatives: int = Field(1024, description="Shared uniform negatives per step of the sampled softmax.")
+    negatives: int = Field(1024, description="Shared negatives per step of the sampled softmax.")
+    negative_power: float = Field(
+        0.0,
+        description="Sampled softmax proposal q ∝ (training count + 1) ** power: 0 uniform, "
+        "1 popularity (harder negatives); logits are corrected by log(negatives * q).",
+    )
+    logq_correction: bool = Field(
+        True, description="Subtract log(negatives * q(item)) from sampled logits (Yi et al., RecSys'19)."
+    )
     encoder_items_per_step: int = Field(
         256, description="lora/full: most items re-encoded with gradients per step (targets first)."
     )
@@ -96,6 +110,7 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> str:
         """A digest of what changes the result (not epochs, patience, progress or resume)."""
         skip = {"epochs", "patience", "progress", "resume", "cache_dir", "num_threads", "device"}
+        skip.add("max_seconds")
         payload = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -115,5 +130,7 @@ class TrainResult:
     embedding_seconds: float = 0.0
     """Seconds spent encoding item texts (0 on a cache hit)."""
     device: str = "cpu"
+    stop_reason: str = "epochs"
+    """Why training ended: ``epochs`` (all run), ``patience`` (early stopping) or ``time budget``."""
     world_size: int = 1
     """Processes that trained it together (torchrun); 1 = a single process."""

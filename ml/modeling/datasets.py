@@ -167,6 +167,26 @@ class TrainingData:
             time_split=[self.time_split[i] for i in keep],
         )
 
+    def used_catalog(self) -> TrainingData:
+        """The same users with the catalog cut to the items they interacted with.
+
+        A small slice then also has a small catalog: what makes fine-tuning the text encoder on
+        CPU affordable (every epoch re-encodes the catalog). Metrics on it rank against that
+        smaller catalog, so they compare only with other runs on the same slice.
+        """
+        used = np.unique(np.concatenate([np.zeros(1, dtype=np.int64), *self.sequences]))
+        remap = np.zeros(self.num_items, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        return TrainingData(
+            source=self.source,
+            item_ids=self.item_ids[used],
+            item_texts=[self.item_texts[i] for i in used],
+            user_ids=self.user_ids,
+            sequences=[remap[s] for s in self.sequences],
+            loo_split=list(self.loo_split),
+            time_split=list(self.time_split),
+        )
+
 
 # -- constructors ------------------------------------------------------------------------------
 def from_frames(examples: pd.DataFrame, items: pd.DataFrame, source: str | None = None) -> TrainingData:
@@ -250,19 +270,39 @@ def from_frames(examples: pd.DataFrame, items: pd.DataFrame, source: str | None 
     )
 
 
+TieOrder = Literal["file", "shuffled"]
+
+
 def shipped_frames(
-    data_dir: Path, dataset: str = "amazon_beauty_2014_5core"
+    data_dir: Path, dataset: str = "amazon_beauty_2014_5core", ties: TieOrder = "file", seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mart-shaped (examples, items) frames straight from the shipped Parquet files.
 
     Histories are ordered by (timestamp, seq_pos): the order of the published S3-Rec split, so
     the leave-one-out targets are the ones the published tables were measured on.
-    """
 
+    Args:
+        data_dir: the folder holding ``dataset``.
+        dataset: the shipped dataset's folder name.
+        ties: ``file`` orders a user's events with the same timestamp (Beauty's timestamps are
+            days: many ties) by their position in the file, as the published tables do;
+            ``shuffled`` orders them at random with ``seed`` instead, so a model cannot profit
+            from how the file happened to list a day's purchases (the last of them is the test
+            target). The splits follow the chosen order.
+        seed: the seed of the shuffled tie order.
+    """
+    if ties not in ("file", "shuffled"):
+        raise ValueError(f"ties={ties!r}: use 'file' or 'shuffled'")
     folder = Path(data_dir) / dataset
     raw = pd.read_parquet(
         folder / "interactions.parquet", columns=["user_id", "item_id", "timestamp", "seq_pos"]
     )
+    if ties == "shuffled":
+        # A random key replaces the file position inside each (user, timestamp) tie; seq_pos
+        # is renumbered to the new order so that sorting by it (here and in from_frames) keeps it.
+        raw["_key"] = np.random.default_rng(seed).random(len(raw))
+        raw = raw.sort_values(["user_id", "timestamp", "_key"], kind="stable").drop(columns="_key")
+        raw["seq_pos"] = raw.groupby("user_id").cumcount() + 1
     raw = raw.sort_values(["user_id", "timestamp", "seq_pos"], kind="stable")
     examples = pd.DataFrame(
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import torch
 
 from ml.modeling.datasets import PAD, TrainingData
 from ml.modeling.model import TextEncoder
+
+
+def cache_path(data: TrainingData, encoder: TextEncoder, cache_dir: Path) -> Path:
+    """The cache file of a catalog's vectors under an encoder (see :func:`item_embeddings`)."""
+    key_src = f"{encoder.name}|{encoder.path}|{encoder.max_tokens}|{data.texts_hash()}"
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
+    return cache_dir / f"items-{key}.pt"
 
 
 def item_embeddings(
@@ -23,9 +31,7 @@ def item_embeddings(
     Returns:
         The embeddings (``num_items x dim``) and the seconds spent encoding (0 on a hit).
     """
-    key_src = f"{encoder.name}|{encoder.path}|{encoder.max_tokens}|{data.texts_hash()}"
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
-    path = cache_dir / f"items-{key}.pt" if cache_dir is not None else None
+    path = cache_path(data, encoder, cache_dir) if cache_dir is not None else None
     if path is not None and path.exists():
         cached = torch.load(path, map_location="cpu", weights_only=True)
         if tuple(cached.shape) == (data.num_items, encoder.dim):
@@ -36,7 +42,8 @@ def item_embeddings(
     seconds = time.perf_counter() - start
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # A name of this process's own: parallel runs may encode the same catalog at once.
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(emb, tmp)
         tmp.replace(path)
     return emb, seconds

@@ -185,6 +185,7 @@ def evaluate(
     short_history: int = 5,
     rare_item: int = 10,
     seed: int = 0,
+    coverage: bool = True,
 ) -> dict[str, float]:
     """Full-catalog ranking metrics of a scorer on a split.
 
@@ -200,6 +201,8 @@ def evaluate(
         rare_item: targets seen at most this many times in training form the ``rare_target``
             slice; never-seen targets form ``cold_target``.
         seed: draws the subset when ``max_cases`` is set.
+        coverage: compute ``coverage@k`` (each case's top-k list: a partial sort of the catalog;
+            validation during training, which only needs the ranks, skips it).
 
     Returns:
         ``recall@k``, ``ndcg@k``, ``mrr``, ``coverage@k`` (share of the catalog in some top-k
@@ -219,11 +222,12 @@ def evaluate(
         histories = cases.histories[start:stop]
         scores = np.asarray(score(histories))
         ranks[start:stop] = rank_full_catalog(scores, cases.targets[start:stop], histories)
-        tops[start:stop] = top_k(scores, kmax, histories)
+        if coverage:
+            tops[start:stop] = top_k(scores, kmax, histories)
 
     result = metrics_from_ranks(ranks, ks)
     catalog = data.num_items - 1
-    for k in ks:
+    for k in ks if coverage else ():
         result[f"coverage@{k}"] = len(np.unique(tops[:, :k])) / catalog if len(cases) else 0.0
     result["n"] = float(len(cases))
 

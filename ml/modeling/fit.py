@@ -10,8 +10,9 @@ Three levels, one loop (``TrainConfig.mode``):
 
 The loss is a softmax over the catalog at every position of the training prefix (SASRec's
 sequence-to-sequence objective with cross-entropy instead of one sampled negative): the full
-catalog, or the batch's items plus shared uniform negatives (sampled softmax) where the full one
-costs too much. Early stopping watches validation NDCG@10; checkpoints allow resuming.
+catalog, or the target against negatives shared by the step, drawn from a uniform or
+popularity-shaped proposal and logQ-corrected (sampled softmax; :mod:`ml.modeling.losses`),
+where the full one costs too much. Early stopping watches validation NDCG@10; checkpoints allow resuming.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the same :func:`train` runs in every process as
 DistributedDataParallel: each rank takes its share of the same shuffled batches, gradients are
@@ -35,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ml.modeling.batches import Batch, make_batches, windows
@@ -44,6 +44,7 @@ from ml.modeling.datasets import PAD, TrainingData
 from ml.modeling.distributed import Distributed, process_group, resolve_device
 from ml.modeling.embeddings import item_embeddings
 from ml.modeling.evaluate import evaluate
+from ml.modeling.losses import full_softmax_loss, proposal, sampled_softmax_loss
 from ml.modeling.model import Recommender, TextEncoder, resolve_encoder
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ class Trainer:
             self.model.encoder = encoder
 
         self.full_softmax = config.loss == "full" or (config.loss == "auto" and self.device.type == "cuda")
+        # The sampled softmax draws its shared negatives from q ∝ (training count + 1) ** power.
+        self.proposal = proposal(data.item_counts(config.protocol), config.negative_power).to(self.device)
 
         own = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.")]
         groups: list[dict[str, Any]] = [{"params": own, "lr": config.lr}]
@@ -236,18 +239,22 @@ class Trainer:
         return StepStats(float(loss.detach()), batch.size, int(where.sum()), tokens)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Next-item cross-entropy of a batch (on the device, under the caller's autocast).
+        """Next-item cross-entropy of a batch at every position (on the device, under autocast).
+
+        Full softmax over the catalog, or the target against shared negatives drawn from
+        ``self.proposal`` with logQ correction (see :mod:`ml.modeling.losses`).
 
         Returns:
             The loss, the mask of target positions, and the encoder tokens read.
         """
         model = self.model
         n_items = self.data.num_items
+        negatives = None
         # Padding is never a candidate, but it is looked up (as a zero vector) for inputs.
         if self.full_softmax:
             candidates = torch.arange(n_items, device=self.device)
         else:
-            negatives = torch.randint(1, n_items, (self.config.negatives,), device=self.device)
+            negatives = torch.multinomial(self.proposal, self.config.negatives, replacement=True)
             pool = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), inputs.flatten()])
             candidates = torch.unique(torch.cat([pool, targets.flatten(), negatives]))
         tokens = 0
@@ -262,9 +269,20 @@ class Trainer:
         lookup[candidates] = torch.arange(len(candidates), device=self.device)
         hidden = model.encode_sequences(reps[lookup[inputs]], inputs == PAD)
         where = targets != PAD
-        # candidates[0] is the padding item (unique() sorts): it is left out of the softmax.
-        logits = hidden[where] @ reps[1:].T
-        loss = F.cross_entropy(logits.float(), lookup[targets[where]] - 1)
+        goal = targets[where]
+        if negatives is None:
+            # candidates is the whole vocabulary in index order: reps is the item table.
+            return full_softmax_loss(hidden[where], reps, goal), where, tokens
+        log_q = torch.log(self.proposal * self.config.negatives)
+        loss = sampled_softmax_loss(
+            hidden[where],
+            reps[lookup[goal]],
+            reps[lookup[negatives]],
+            goal,
+            negatives,
+            log_q[goal] if self.config.logq_correction else None,
+            log_q[negatives] if self.config.logq_correction else None,
+        )
         return loss, where, tokens
 
     def refresh_item_cache(self) -> None:
@@ -322,6 +340,7 @@ def _validate(trainer: Trainer) -> dict[str, float]:
         config.protocol,
         max_cases=config.val_max_cases,
         seed=config.seed,
+        coverage=False,
     )
 
 
@@ -377,9 +396,18 @@ def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed
             log.info("checkpoint in %s is for another config or data; starting afresh", out)
     trainer.distribute()  # a collective: no rank writes a checkpoint before all have read it
 
+    stop_reason = "epochs"
     for epoch in range(first_epoch, config.epochs + 1):
         if stale >= config.patience:
+            stop_reason = "patience"
             break
+        if config.max_seconds is not None and epoch > first_epoch:
+            # At least one epoch runs. Every rank sees its own clock; rank 0's verdict keeps
+            # them stopping together.
+            late = time.perf_counter() - started > config.max_seconds
+            if dist.broadcast({"stop": late} if dist.is_main else {})["stop"]:
+                stop_reason = "time budget"
+                break
         t0 = time.perf_counter()
         losses = []
         bar = tqdm(
@@ -461,6 +489,7 @@ def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed
         train_seconds=train_seconds,
         embedding_seconds=trainer.embedding_seconds,
         device=str(trainer.device),
+        stop_reason=stop_reason,
         world_size=dist.world_size,
     )
 
