@@ -31,6 +31,7 @@ from ml.modeling.evaluate import evaluate
 from ml.modeling.fit import train
 from ml.modeling.model import load
 from ml.monitoring.features import write_reference
+from ml.training.baseline_cache import cached_baselines, snapshot_key
 from ml.training.report import write_run_report
 from ml.training.snapshot import load_snapshot
 
@@ -164,8 +165,14 @@ def evaluate_challenger(
     }
     validation = evaluate(model, data, "validation", config.protocol)
 
-    baselines = evaluate_baselines(
-        data, "test", config.protocol, folder / "baselines", sasrec=config, include=settings.baselines
+    # Once per snapshot: a rerun on the same marts (a second demo, an unchanged retraining) reuses them.
+    baselines = cached_baselines(
+        snapshot_key(run_id, config.protocol, settings.baselines, config.model_dump(), settings),
+        settings,
+        lambda: evaluate_baselines(
+            data, "test", config.protocol, folder / "baselines", sasrec=config, include=settings.baselines
+        ),
+        run_id,
     )
     champion = _evaluate_champion(data, config.protocol, settings)
     models = {"shopflow": ours, **({"champion": champion["test"]} if champion else {}), **baselines}
@@ -206,6 +213,11 @@ def register_challenger(
     # Monitoring compares each new interval with the model's own training world, computed once.
     until = pd.Timestamp(examples["event_ts"].max()).to_pydatetime() + timedelta(seconds=1)
     write_reference(package, settings, until=until)
+    # Bundles and explanations travel with the version: the Bento serves them from this copy
+    # (ml.training.bundles; generated copy within settings.bundle_copy_budget_s, else templates).
+    from ml.training.bundles import package_run_bundles
+
+    package_run_bundles(package, examples, settings)
     version = registry.register(
         package,
         metrics=evaluation["metrics"],
