@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultkit import land_reviews, shop_settings
+from faultkit import ThrowawayPostgres, land_reviews, shop_settings
 
 from ml.core.settings import Settings
 
@@ -16,3 +17,14 @@ def reviews_shop(tmp_path: Path) -> Settings:
     settings = shop_settings(tmp_path / "work")
     land_reviews(settings)
     return settings
+
+
+@pytest.fixture
+def own_pg_server() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL server for this test alone (it may restart it), removed afterwards."""
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -50,16 +50,18 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def start_python(
-    code: str, settings: Settings, log_path: Path, args: list[str] | None = None
+    code: str, settings: Settings, log_path: Path, args: list[str] | None = None, pipe: bool = True
 ) -> subprocess.Popen[str]:
-    """``python -c code`` in its own process group with ``settings``; stderr+stdout in a pipe,
-    copied to ``log_path`` by :func:`wait_for_line`."""
+    """``python -c code`` in its own process group with ``settings``; its output goes to a pipe
+    (read it with :func:`wait_for_line` or ``communicate``) or, ``pipe=False``, straight to
+    ``log_path`` (a chatty child that nobody reads would block on a full pipe)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    output = subprocess.PIPE if pipe else log_path.open("w")
     return subprocess.Popen(
         [sys.executable, "-c", code, *(args or [])],
         cwd=PROJECT_DIR,
         env=child_env(settings),
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
@@ -128,3 +130,77 @@ def land_reviews(settings: Settings) -> None:
     from ml.data.land import land
 
     land(REVIEWS_FILE, "reviews", settings=settings)
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server of this test's own: initdb + pg_ctl on a free port in a temp dir.
+
+    Never the shared server at 5432: the test restarts it. PostgreSQL refuses to run as root, so
+    when the tests do, the server runs as the ``postgres`` system user (``runuser``).
+    """
+
+    def __init__(self) -> None:
+        import glob
+        import shutil
+        import tempfile
+
+        from ml.core.net import free_port
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not found and shutil.which("pg_ctl") is None:
+            raise FileNotFoundError("no pg_ctl under /usr/lib/postgresql/*/bin nor on PATH")
+        self.bin = Path(found[-1]).parent if found else Path(str(shutil.which("pg_ctl"))).parent
+        self.port = free_port()
+        # Not under pytest's tmp_path: its parents are root's (mode 700), unreachable for postgres.
+        self.root = Path(tempfile.mkdtemp(prefix="shopflow-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.user: list[str] = []
+        if os.geteuid() == 0:
+            self.user = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.root, "postgres", "postgres")
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/shopflow"
+
+    def _run(self, *args: str) -> str:
+        done = subprocess.run(
+            [*self.user, *args], capture_output=True, text=True, timeout=120, check=False, cwd=self.root
+        )
+        if done.returncode != 0:
+            tail = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{args[0]} failed: {done.stdout}{done.stderr}\n{tail}")
+        return done.stdout
+
+    def _ctl(self, action: str, *extra: str) -> str:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        return self._run(
+            str(self.bin / "pg_ctl"),
+            action,
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-o",
+            options,
+            *extra,
+        )
+
+    def start(self) -> None:
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
+        self._ctl("start")
+
+    def restart(self) -> None:
+        """Stop (fast: every session is terminated, open transactions roll back) and start again."""
+        self._ctl("restart", "-m", "fast")
+
+    def stop(self) -> None:
+        import shutil
+
+        if (self.data / "postmaster.pid").exists():
+            self._ctl("stop", "-m", "immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
