@@ -325,6 +325,8 @@ def raw_correct(answer: Any, q: dict[str, Any], facts: Any) -> bool:
     """Whether the generator's raw text (before the check) names the gold item's id and fact."""
     from ml.generation.grounding import fold
 
+    if q["row"] is None:  # an absent product: any generated answer is a wrong one
+        return False
     text = answer.raw or ""
     return facts.item_ids[q["row"]] in text and fold(str(q["gold"])) in fold(text)
 
