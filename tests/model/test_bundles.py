@@ -192,13 +192,22 @@ def test_packaged_copy_from_smollm2_is_grounded_or_the_template(
 
     torch.set_num_threads(1)
     catalog, unit, _ = beauty_catalog
-    small = b.BundleCatalog(catalog.frame().head(12))
+    # Three items of each of the five leaves, so every seed has complementary items.
+    rows = [
+        i
+        for leaf in dict.fromkeys(catalog.leaves)
+        for i in [j for j, x in enumerate(catalog.leaves) if x == leaf][:3]
+    ]
+    small = b.BundleCatalog(catalog.frame().iloc[rows])
     generator = load_generator(cache_dir=Settings().generator_cache_dir, device="cpu")
-    packaged = b.package(tmp_path, small, unit[:12], {}, small.item_ids, generator, budget_s=1.0)
+    packaged = b.package(tmp_path, small, unit[rows], {}, small.item_ids, generator, budget_s=1.0)
+    assert packaged.bundles >= 10
     stats = packaged.stats["copy"]
     assert stats["generated"] + stats["fallback"] >= 8  # type: ignore[index]  # one batch ran
     bundles = b.read_bundles(pd.read_parquet(tmp_path / b.BUNDLES_FILE))
+    assert {x.copy for x in bundles.values()} & {"generated", "fallback"}  # the first batch was bundles
     for bundle in bundles.values():
         facts = b.bundle_facts(small, bundle)
         assert check(bundle.name, facts, kind="bundle_name"), bundle.name
         assert check(bundle.description, facts, kind="bundle_description"), bundle.description
+        assert len({small.leaves[small.index[i]] for i in bundle.item_ids}) == len(bundle.item_ids)
