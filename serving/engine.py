@@ -303,8 +303,9 @@ _generator_lock = threading.Lock()
 def assistant_generator(settings: Settings) -> tuple[Any, str | None]:
     """The generator /ask writes with, loaded once per process on first use, or None and why.
 
-    The one place that picks it (``settings.ask_generator``: the packaged SmolLM2 base today), so
-    a tuned generator, once one is registered, is swapped in here alone. A GGUF generator is used
+    The one place that picks it (``settings.ask_generator``): for the packaged SmolLM2, the
+    generator champion of ``finetune_generator`` when one won its gate (``ml.registry``), else the
+    base. A GGUF generator is used
     only once its converted checkpoint is in ``settings.generator_cache_dir``: converting costs
     ~50 s of CPU and ~0.5 GB, not something a serving process should start on a request. Until
     then each call looks again (a file test), so a checkpoint converted later is picked up.
@@ -327,7 +328,15 @@ def assistant_generator(settings: Settings) -> tuple[Any, str | None]:
                 f"the generator {name!r} is not converted yet in {cache} (the Bento does not convert it; "
                 "see the README, 'Search and the assistant')"
             )
-        _generators[name] = load_generator(name, cache_dir=cache)
+        from ml.generation.load import DEFAULT_GENERATOR
+        from ml.registry import generator_champion, load_served_generator
+
+        if name == DEFAULT_GENERATOR and generator_champion(settings):
+            # The finetune_generator DAG's champion: the same base with its gated tuned weights.
+            # Read once per process, like the base: a later promotion reaches a restarted worker.
+            _generators[name] = load_served_generator(settings)
+        else:
+            _generators[name] = load_generator(name, cache_dir=cache)
         return _generators[name], None
 
 
