@@ -112,9 +112,14 @@ def package_bundles(
     popularity = examples.groupby("item_id")["user_id"].nunique().sort_values(ascending=False, kind="stable")
     generator = None
     if budget_s > 0 and generator_name and settings is not None:
-        from ml.generation.load import load_generator
+        from ml import registry
+        from ml.generation.load import DEFAULT_GENERATOR, load_generator
 
-        generator = load_generator(generator_name, cache_dir=settings.generator_cache_dir)
+        if generator_name == DEFAULT_GENERATOR and registry.generator_champion(settings):
+            # finetune_generator's champion (its gated tuned weights on this base) writes the copy.
+            generator = registry.load_served_generator(settings)
+        else:
+            generator = load_generator(generator_name, cache_dir=settings.generator_cache_dir)
     brands = BrandIndex(str(x) for x in items["brand"].dropna()) if "brand" in items.columns else None
     return b.package(
         package / b.BUNDLES_DIR,
