@@ -252,6 +252,7 @@ def demo(
         render_models,
         render_monitoring,
         render_runs,
+        render_showcase,
         render_timing,
         run_demo,
         timing_record,
@@ -277,6 +278,9 @@ def demo(
     typer.echo("")
     typer.echo(render_monitoring(result, settings))
     typer.echo("")
+    if result.showcase:
+        typer.echo(render_showcase(result))
+        typer.echo("")
     typer.echo(render_timing(result))
     page, index = write_report_index(settings)
     typer.echo(f"\nEvery report of this run ({index.count()}), linked from one page: {page}")

@@ -51,6 +51,8 @@ class DemoResult:
     served: list[tuple[str, str]] = field(default_factory=list)
     """(interval start, model version that answered its traffic)."""
     serving_now: str | None = None
+    showcase: list[str] = field(default_factory=list)
+    """What a shopper sees from the live Bento at the end: /ask answers, a bundle, reasons."""
 
 
 def run_demo(
@@ -203,6 +205,69 @@ def _closed_loop(
             serving = now
             echo(f"    new champion {now}: serving {bento} on {server.base_url}")
         result.serving_now = _ask_version(server.base_url, settings)
+        result.showcase = showcase(server.base_url, settings)
+
+
+SHOWCASE_QUERY = "mascara"
+"""The shopper's search the showcase starts from (Beauty's catalog has many)."""
+ABSENT_PRODUCT = "do you sell a cordless garden hose reel?"
+"""A question about a product a beauty shop does not have: the assistant must say so."""
+
+
+def showcase(base_url: str, settings: Settings) -> list[str]:
+    """Ask the live Bento what a shopper would: /search, /ask (a price, a maker, a product the shop
+    does not have), /bundle for the found item, /recommend with its reasons. Lines for the summary;
+    a failed call is shown as such (the summary is a report, not a test)."""
+    import httpx
+
+    headers = auth_headers(settings)
+    lines: list[str] = []
+
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            answer = httpx.post(f"{base_url}{path}", json=body, headers=headers, timeout=120)
+        except httpx.HTTPError as error:
+            lines.append(f"  {path}: {type(error).__name__}: {error}")
+            return None
+        if answer.status_code != 200:
+            lines.append(f"  {path}: HTTP {answer.status_code} {answer.text[:160]}")
+            return None
+        return dict(answer.json())
+
+    found = post("/search", {"query": SHOWCASE_QUERY, "k": 1})
+    if not found or not found.get("items"):
+        return lines or [f"  /search {SHOWCASE_QUERY!r}: nothing found"]
+    item = found["items"][0]
+    lines.append(
+        f"  /search {SHOWCASE_QUERY!r} → {item['item_id']} {item['title']!r} (price {item.get('price')})"
+    )
+    short = " ".join(str(item["title"]).split()[:6])
+    for question in (f"how much is {short}?", f"who makes {short}?", ABSENT_PRODUCT):
+        asked = post("/ask", {"question": question})
+        if asked:
+            cited = ", ".join(i["item_id"] for i in asked.get("items", [])) or "none"
+            lines.append(
+                f"  /ask {question!r}\n      → {asked['answer']!r} [{asked['strategy']}; cites {cited}]"
+            )
+    bundle = post("/bundle", {"item_id": item["item_id"]})
+    if bundle:
+        members = "; ".join(f"{b['title'][:40]} ({b.get('price')})" for b in bundle["items"])
+        lines.append(
+            f"  /bundle {item['item_id']} → {bundle['name']!r}: {bundle['description']!r}\n"
+            f"      {members}; total {bundle.get('total_price')} [{bundle['copy_status']}]"
+        )
+    recommended = post("/recommend", {"recent_items": [item["item_id"]], "k": 3})
+    if recommended:
+        for rec in recommended["items"]:
+            lines.append(f"  /recommend after {item['item_id']} → {rec['item_id']}: {rec.get('reason')}")
+    return lines
+
+
+def render_showcase(result: DemoResult) -> str:
+    """The showcase lines under a heading (empty when nothing was served)."""
+    if not result.showcase:
+        return ""
+    return "\n".join(["What a shopper sees (the live Bento, at the end)", "-" * 48, *result.showcase])
 
 
 def _decision_of(settings: Settings, run_id: str) -> str:
