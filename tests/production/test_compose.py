@@ -236,7 +236,8 @@ def test_airflow_is_celery_on_postgres_with_shared_secrets(rendered: dict[str, A
         assert e["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == (
             f"postgresql+psycopg2://airflow:{env['AIRFLOW_DB_PASSWORD']}@postgres:5432/airflow"
         )
-        assert e["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:")
+        # The driver named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3 (not installed).
+        assert e["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://airflow:")
         assert e["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{env['REDIS_PASSWORD']}@redis:6379/0"
         assert e["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
         assert e["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/shopflow/dags"
