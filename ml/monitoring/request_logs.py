@@ -123,6 +123,9 @@ def load_request_logs(
                 summary.files[path.name] = len(lines)
         if rows:
             frame = pd.DataFrame(rows)
+            # /ask and /bundle carry no k: a column with gaps would turn float and PostgreSQL's
+            # COPY refuses "10.0" for a bigint; the nullable integer writes 10 and NULL.
+            frame["k"] = pd.to_numeric(frame["k"], errors="coerce").astype("Int64")
             frame["batch_id"] = batch_id
             frame["loaded_at"] = datetime.now(UTC).replace(tzinfo=None)
             warehouse.insert(con, TABLE, frame)

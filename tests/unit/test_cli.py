@@ -23,6 +23,7 @@ EXPECTED_COMMANDS = {
     ("replay",), ("land",), ("ingest",), ("validate-raw",), ("transform",), ("validate-marts",),
     ("run-interval",), ("summary",), ("demo",), ("train",), ("monitor",), ("settings",), ("models",),
     ("models", "list"), ("models", "show"), ("models", "promote"), ("models", "rollback"),
+    ("reports",), ("generator",), ("generator", "finetune"), ("generator", "status"),
 }  # fmt: skip
 
 

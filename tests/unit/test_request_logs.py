@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from ml.core.settings import Settings
@@ -80,3 +81,24 @@ def test_the_prediction_reference_is_the_first_batch_big_enough(settings: Settin
     load_request_logs("traffic", settings)
     assert reference_batch("shopflow_recommender:v1", settings) == "traffic"
     assert reference_batch("shopflow_recommender:v2", settings) is None
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"])
+def test_lines_without_k_load_beside_lines_with_it(
+    settings: Settings, own_pg_database: str, warehouse: str
+) -> None:
+    """/ask and /bundle log no k: the column has gaps, and PostgreSQL's COPY must still take it."""
+    if warehouse == "postgres":
+        settings = settings.model_copy(update={"warehouse": "postgres", "postgres_dsn": own_pg_database})
+    folder = settings.serving_log_dir
+    folder.mkdir(parents=True)
+    ask = json.loads(_line(1, endpoint="ask"))
+    ask["request"] = {"question": "how much is the mascara?"}
+    (folder / "requests-2026-12-01.jsonl").write_text(_line(0) + json.dumps(ask) + "\n")
+
+    loaded = load_request_logs("run-1", settings)
+
+    assert loaded.rows == 2
+    ks = Warehouse(settings).read("select endpoint, k from monitoring.requests order by line_no")
+    assert ks["endpoint"].tolist() == ["recommend", "ask"]
+    assert ks["k"].iloc[0] == 2 and pd.isna(ks["k"].iloc[1])
