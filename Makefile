@@ -49,7 +49,12 @@ lint: $(STAMP)  ## ruff + mypy + the one-way import contracts (.importlinter)
 	$(BIN)/mypy ml expectations serving dags
 	$(BIN)/lint-imports
 
+# wrk (Debian's package) is the serving benchmark's load generator: C, one thread, so the client
+# leaves the server its cores. The gate drives the served Bento with it too (tests/serving/test_floor.py).
+WRK_INSTALL := command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1
+
 test: lint  ## the quick test gate (CI): lint, type check, tests not marked slow
+	-@$(WRK_INSTALL)
 	$(BIN)/pytest -q
 
 celery-local: $(STAMP)  ## Airflow on CeleryExecutor here, no containers: local PostgreSQL + Redis, workers on default and gpu (Ctrl-C stops)
@@ -77,8 +82,7 @@ bench-train_throughput: $(STAMP)  ## samples/s and tokens/s of fine-tuning (froz
 	$(BIN)/python bench/train_throughput.py
 
 bench-serving: $(STAMP)  ## the Bento under load (1/8/32 clients, recommend + search, wrk) vs the in-process call and a bare ASGI app; py-spy profile
-	@# wrk (Debian's package) is the load generator: C, one thread, so the client leaves the server its cores
-	-@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1
+	-@$(WRK_INSTALL)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serving.py
 
 bench-generation: $(STAMP)  ## the generator on CPU: tokens/s, latency, fine-tune, base vs tuned (understanding, copy, raw_pass_rate)

@@ -67,7 +67,10 @@ def test_floor_command_has_help_and_names_a_wrong_folder(tmp_path: Path) -> None
     assert wrong.value.code == 2
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (make bench-serving installs it)")
+@pytest.mark.skipif(
+    shutil.which("wrk") is None,
+    reason="wrk not installed: make test and make bench-serving install it from Debian's packages",
+)
 def test_wrk_drives_the_served_bento_and_reports_its_own_cpu(served: Any, live_server: Any) -> None:
     """The benchmark's load generator (wrk + bench/wrk/post_json.lua) against the session's Bento."""
     from serving.loadtest import run_wrk_cell
