@@ -415,7 +415,8 @@ def timing_record(result: DemoResult, settings: Settings, load_at_start: tuple[f
             "later_intervals_replayed": len(result.traffic),
             "training_runs": len(result.train_runs),
             "monitoring_runs": len(result.monitor_runs),
-            "traffic_requests": sum(int(t.get("requests", 0) or 0) for t in result.traffic),
+            # requests per endpoint per interval (``Traffic.as_dict``), summed over both
+            "traffic_requests": sum(sum((t.get("requests") or {}).values()) for t in result.traffic),
             "serving_now": result.serving_now,
         },
     }

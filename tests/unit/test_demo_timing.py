@@ -11,7 +11,10 @@ from ml.flows.closed_loop import DemoResult, timing_record
 def test_timing_record_names_every_phase_and_keeps_the_total(settings: Settings) -> None:
     result = DemoResult(
         seconds={"replay": 12.04, "airflow_start": 30.0, "bootstrap_run": 200.0, "total": 242.04},
-        traffic=[{"interval": ["2014-01-01", "2014-02-01"], "requests": 120}, {"requests": 80}],
+        traffic=[
+            {"interval": ["2014-01-01", "2014-02-01"], "requests": {"/recommend": 100, "/search": 20}},
+            {"requests": {"/recommend": 80}},
+        ],
         serving_now="shopflow_recommender:abc",
     )
 
