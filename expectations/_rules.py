@@ -75,3 +75,30 @@ def columns_used(suite: Any) -> list[str]:
         names.extend(getattr(expectation, "column_list", None) or [])
         condition_columns(getattr(expectation, "row_condition", None))
     return list(dict.fromkeys(names))
+
+
+RATING_MIN = "rating_min"
+RATING_MAX = "rating_max"
+"""Suite parameter names: the lowest and highest rating (``Settings.rating_scale``)."""
+
+
+def rating_in_range(reason: str) -> gxe.ExpectColumnValuesToBeBetween:
+    """The one rating-scale rule, shared by the raw suite (quarantine) and the marts suite (block).
+
+    The bounds are suite parameters, filled by ``rating_scale_parameters`` from the settings, so
+    a source rating 1-10 is one setting, not an edit of every suite.
+    """
+    return rule(
+        gxe.ExpectColumnValuesToBeBetween,
+        "rating_in_range",
+        reason,
+        column="rating",
+        min_value={"$PARAMETER": RATING_MIN},
+        max_value={"$PARAMETER": RATING_MAX},
+    )
+
+
+def rating_scale_parameters(scale: tuple[float, float]) -> dict[str, float]:
+    """Suite parameter values of ``rating_in_range`` for a ``(lowest, highest)`` rating scale."""
+    low, high = scale
+    return {RATING_MIN: float(low), RATING_MAX: float(high)}

@@ -6,7 +6,7 @@ rely on: keys, the purchase contract, sane counts and measures, item text, and t
 
 Run-time values reach the suites as GX suite parameters, so the suites stay static code:
 ``latest_partition_end__<source>``, the end of the latest landed partition of each source (from
-``raw.ingest_audit``).
+``raw.ingest_audit``), and ``rating_min`` / ``rating_max``, the rating scale of the settings.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 from great_expectations.expectations.row_conditions import Column
 
-from expectations._rules import rule
+from expectations._rules import rating_in_range, rule
 from ml.core.catalog import price_bucket_labels
 
 SCHEMA = "marts"
@@ -110,13 +110,9 @@ def fct_interactions_suite(sources: Iterable[str] = ()) -> gx.ExpectationSuite:
                 column="quantity",
                 row_condition=Column("event_type") == "purchase",
             ),
-            rule(
-                gxe.ExpectColumnValuesToBeBetween,
-                "rating_in_range",
-                "Ratings are on a 0-5 scale (NULL when the source has none).",
-                column="rating",
-                min_value=0,
-                max_value=5,
+            rating_in_range(
+                "Ratings are on the rating scale (SHOPFLOW_RATING_SCALE, default [0, 5]; NULL when "
+                "the source has none): the raw gate quarantines the others."
             ),
             *_events_not_after_landed_data("event_ts", sources),
         ],

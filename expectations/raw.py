@@ -16,7 +16,8 @@ GX expectation on that column:
   as the row condition of the quantity rule.
 
 The run's data interval reaches the suites as GX suite parameters (``interval_start``,
-``interval_end``), so the suites stay static code.
+``interval_end``), and so does the rating scale (``rating_min``, ``rating_max``, from
+``Settings.rating_scale``), so the suites stay static code.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 from great_expectations.expectations.row_conditions import Column
 
-from expectations._rules import rule
+from expectations._rules import rating_in_range, rule
 from ml.core import schemas
 
 INTERVAL_START = "interval_start"
@@ -158,13 +159,9 @@ def raw_interactions_suite() -> gx.ExpectationSuite:
             _present("event_ts", "No event time: the event cannot be placed in a user's history."),
             _interval_rule("event_ts"),
             _not_duplicate("event (same user, item, time and event type)"),
-            rule(
-                gxe.ExpectColumnValuesToBeBetween,
-                "rating_in_range",
-                "Rating outside [0, 5]: not on the rating scale (rows without a rating pass).",
-                column="rating",
-                min_value=0,
-                max_value=5,
+            rating_in_range(
+                "Rating outside the rating scale (SHOPFLOW_RATING_SCALE, default [0, 5]) "
+                "(rows without a rating pass)."
             ),
         ],
     )

@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         "a run exceeds this. Online Retail II quarantines ~27% (mostly guest checkouts with "
         "no customer id), so the default leaves room for that but not for a broken export.",
     )
+    rating_scale: tuple[float, float] = Field(
+        (0.0, 5.0),
+        description="The lowest and highest rating an interaction may carry (JSON in the "
+        "environment, e.g. [1, 10]). The raw gate quarantines a rating outside it (rule "
+        "rating_in_range) and the marts gate blocks on one; rows without a rating pass. "
+        "Default 0-5: the shipped Beauty reviews' 1-5 stars, and 0 for sources that use it.",
+    )
     max_basket_lines: int = Field(
         200, description="Baskets with more distinct items than this are not used for co-purchase pairs."
     )
@@ -273,6 +280,13 @@ class Settings(BaseSettings):
         "queued and a thread appends them every this many seconds (off the request path; a "
         "graceful stop loses none, a SIGKILL at most this interval's, never a broken line).",
     )
+
+    @model_validator(mode="after")
+    def _check_rating_scale(self) -> Settings:
+        low, high = self.rating_scale
+        if not low < high:
+            raise ValueError(f"rating_scale must be [lowest, highest], lowest < highest: got [{low}, {high}]")
+        return self
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -50,7 +50,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        text = json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
         env[f"SHOPFLOW_{name.upper()}"] = text
     return env
 

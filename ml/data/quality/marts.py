@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from expectations import marts as marts_rules
-from expectations._rules import columns_used, rule_name, rule_reason
+from expectations._rules import columns_used, rating_scale_parameters, rule_name, rule_reason
 from ml.core.calendar import partition_end
 from ml.core.settings import Settings, get_settings
 from ml.core.warehouse import Warehouse
@@ -116,7 +116,10 @@ def validate_marts(run_id: str, settings: Settings | None = None) -> MartsValida
         else {}
     )
     suites = marts_rules.marts_suites(sorted(ends))
-    parameters = {marts_rules.latest_partition_end_parameter(s): end for s, end in ends.items()}
+    parameters: dict[str, Any] = {
+        **{marts_rules.latest_partition_end_parameter(s): end for s, end in ends.items()},
+        **rating_scale_parameters(settings.rating_scale),
+    }
     context = gx_context(settings)
     outcome = MartsValidation(run_id=run_id, success=True)
     for table, suite in suites.items():

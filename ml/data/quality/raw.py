@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from expectations import raw as raw_rules
-from expectations._rules import rule_name, rule_reason
+from expectations._rules import rating_scale_parameters, rule_name, rule_reason
 from ml.core import schemas
 from ml.core.settings import Settings, get_settings
 from ml.core.warehouse import Warehouse
@@ -222,6 +222,7 @@ def validate_table(
     end: date,
     run_id: str,
     quarantined_at: datetime,
+    rating_scale: tuple[float, float],
 ) -> TableOutcome:
     began = time.perf_counter()
     suite = raw_rules.RAW_SUITES[table]()
@@ -249,6 +250,7 @@ def validate_table(
             parameters={
                 raw_rules.INTERVAL_START: datetime.combine(start, datetime.min.time()),
                 raw_rules.INTERVAL_END: datetime.combine(end, datetime.min.time()),
+                **rating_scale_parameters(rating_scale),
             },
         )
         failing = failures_by_rule(result, rules)
@@ -335,6 +337,7 @@ def validate_raw(start: date, end: date, run_id: str, settings: Settings | None 
             end=end,
             run_id=run_id,
             quarantined_at=quarantined_at,
+            rating_scale=settings.rating_scale,
         )
         for source, kind in settings.sources.items()
         for contract in schemas.CONTRACTS_BY_KIND[kind]
