@@ -10,7 +10,9 @@
 3. serve that Bento (``bentoml serve``) and replay the later period interval by interval: land
    and ingest the interval, send the Bento the traffic of the users who really shopped then
    (``ml.flows.traffic``), run ``monitor_drift`` for it; when monitoring triggers a
-   retraining, wait for it and, if a new champion was promoted, serve its Bento instead;
+   retraining, the loop goes on while it runs, and the Bento swaps to a promoted challenger
+   inside the running process (``serving.hot_swap``), as it would in production; the loop waits
+   for the retraining only at its end;
 4. summarise: runs per DAG, rows per table, models and gate decisions, drift per monitoring run,
    the version serving now and where every report is.
 """
@@ -155,8 +157,6 @@ def _closed_loop(
     traffic_users: int,
 ) -> None:
     """Serve the champion and replay the later period: traffic → ingest → monitor → (retrain)."""
-    from contextlib import ExitStack
-
     intervals = partitions_between(
         start, date.fromisoformat(settings.replay_later_end), settings.partition_grain, limit
     )
@@ -164,9 +164,9 @@ def _closed_loop(
         echo("6/6 No champion was promoted: nothing to serve or monitor.")
         return
     echo(f"6/6 Serving the champion's Bento and replaying {len(intervals)} later interval(s) …")
-    with ExitStack() as stack:
-        bento = _champion_bento(airflow, settings)
-        server = stack.enter_context(running_server(bento, settings=settings))
+    retrainings: list[str] = []
+    bento = _champion_bento(airflow, settings)
+    with running_server(bento, settings=settings) as server:
         serving = registry.champion(settings)
         echo(f"    {bento} ({serving}) on {server.base_url}, ready in {server.ready_s:.0f} s")
         for done, (first, end) in enumerate(intervals):
@@ -191,19 +191,21 @@ def _closed_loop(
             where = f"{done + 1}/{len(intervals)} [{first}, {end})"
             echo(f"    {where} {traffic.users} shoppers → monitor: {decision}")
             triggered = f"monitor__{monitor}"
-            if triggered not in {r["dag_run_id"] for r in airflow.runs(TRAIN_DAG)}:
-                continue
-            echo(f"    retraining {triggered} …")
-            airflow.wait_for_runs(TRAIN_DAG, run_ids=[triggered], timeout=3600, label="retraining", step=step)
-            now = registry.champion(settings)
-            if now == serving:
-                echo(f"    the challenger was not promoted: {serving} keeps serving")
-                continue
-            stack.close()
-            bento = _champion_bento(airflow, settings)
-            server = stack.enter_context(running_server(bento, settings=settings))
-            serving = now
-            echo(f"    new champion {now}: serving {bento} on {server.base_url}")
+            if triggered in {r["dag_run_id"] for r in airflow.runs(TRAIN_DAG)}:
+                # Production does not stop the shop while it retrains: the loop goes on with the
+                # next interval, and the Bento follows the champion pointer (serving.hot_swap),
+                # swapping to the new version inside the running process once it is promoted.
+                retrainings.append(triggered)
+                echo(f"    retraining {triggered} runs beside the next intervals; the Bento follows")
+        for triggered in retrainings:
+            airflow.wait_for_runs(TRAIN_DAG, run_ids=[triggered], timeout=3600, label="retraining")
+        now = registry.champion(settings)
+        if now != serving:
+            swapped = _wait_for_version(server.base_url, settings, str(now), timeout=120.0)
+            state = "the running Bento swapped to it" if swapped else "the running Bento has not swapped yet"
+            echo(f"    new champion {now}: {state}")
+        elif retrainings:
+            echo(f"    the challenger was not promoted: {serving} keeps serving")
         result.serving_now = _ask_version(server.base_url, settings)
         result.showcase = showcase(server.base_url, settings)
 
@@ -287,6 +289,16 @@ def _ask_version(base_url: str, settings: Settings) -> str | None:
         f"{base_url}/search", json={"query": "shampoo", "k": 1}, headers=auth_headers(settings), timeout=30
     )
     return str(answer.json()["model_version"]) if answer.status_code == 200 else None
+
+
+def _wait_for_version(base_url: str, settings: Settings, version: str, timeout: float) -> bool:
+    """Wait until the live Bento answers with ``version`` (its champion follower polls the pointer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _ask_version(base_url, settings) == version:
+            return True
+        time.sleep(2.0)
+    return False
 
 
 def _wait_for_triggered_runs(airflow: Any, dag_id: str, settle: float = 20.0) -> list[dict[str, Any]]:
