@@ -30,8 +30,26 @@ class TrainConfig(BaseModel):
         description="Architecture of the recommender (text_dim and num_items are set from the data).",
     )
 
-    mode: Literal["frozen", "lora", "full"] = Field(
-        "frozen", description="Encoder fine-tuning level: frozen (cached embeddings), lora (peft), full."
+    mode: Literal["auto", "frozen", "lora", "full"] = Field(
+        "auto",
+        description="Encoder fine-tuning level: frozen (cached embeddings), lora (peft), full, or auto: "
+        "on CUDA full for an encoder of at most auto_full_max_params parameters, else lora; on CPU "
+        "frozen, then a LoRA phase within auto_lora_steps / auto_lora_seconds, kept only if it "
+        "raises validation NDCG@10 by more than auto_min_gain.",
+    )
+    auto_lora_steps: int = Field(30, description="auto on CPU: most optimizer steps of the LoRA phase.")
+    auto_lora_seconds: float = Field(
+        60.0,
+        description="auto on CPU: wall-clock budget of the LoRA phase, re-encoding the catalog "
+        "included (the phase is skipped when that re-encoding alone would not fit).",
+    )
+    auto_min_gain: float = Field(
+        0.0, description="auto on CPU: the LoRA phase is kept only if validation NDCG@10 rises by more."
+    )
+    auto_full_max_params: int = Field(
+        50_000_000,
+        description="auto on CUDA: fine-tune every encoder weight when the encoder has at most this many "
+        "parameters (MiniLM-L6: 22.7M), LoRA above it.",
     )
     lr: float = Field(3e-3, description="AdamW learning rate of the recommender (not the encoder).")
     encoder_lr: float = Field(5e-5, description="AdamW learning rate of the encoder (lora / full modes).")
@@ -111,6 +129,8 @@ class TrainConfig(BaseModel):
         """A digest of what changes the result (not epochs, patience, progress or resume)."""
         skip = {"epochs", "patience", "progress", "resume", "cache_dir", "num_threads", "device"}
         skip.add("max_seconds")
+        # How auto picks its phases changes no phase's weights: a phase's checkpoint still resumes.
+        skip |= {"auto_lora_steps", "auto_lora_seconds", "auto_min_gain", "auto_full_max_params"}
         payload = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -134,3 +154,8 @@ class TrainResult:
     """Why training ended: ``epochs`` (all run), ``patience`` (early stopping) or ``time budget``."""
     world_size: int = 1
     """Processes that trained it together (torchrun); 1 = a single process."""
+    mode_ran: str = "frozen"
+    """The fine-tuning level of the kept weights (``auto`` resolves to one of frozen, lora, full)."""
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    """What each phase ran and cost (mode, epochs or steps, seconds, validation NDCG@10), in order;
+    ``auto`` on CPU has a frozen phase then a LoRA phase that says whether it was kept and why."""

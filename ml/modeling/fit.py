@@ -7,6 +7,12 @@ Three levels, one loop (``TrainConfig.mode``):
 * ``lora``: LoRA adapters (peft) on the encoder's attention query/value; each step re-encodes the
   batch's items with gradients, the rest of the catalog comes from a cache refreshed every epoch.
 * ``full``: the same with every encoder weight trainable (a GPU job).
+* ``auto`` (the default): on CUDA ``full`` for an encoder of at most ``auto_full_max_params``
+  parameters (a small encoder fits and learns most that way), else ``lora``; on CPU ``frozen``,
+  then a short LoRA phase from the frozen weights within ``auto_lora_steps`` steps and
+  ``auto_lora_seconds`` seconds (re-encoding the catalog included), kept only if it raises
+  validation NDCG@10 by more than ``auto_min_gain`` (:func:`keep_lora`); otherwise the frozen
+  weights stay. What each phase ran and cost is in ``phases.json`` and :attr:`TrainResult.phases`.
 
 The loss is a softmax over the catalog at every position of the training prefix (SASRec's
 sequence-to-sequence objective with cross-entropy instead of one sampled negative): the full
@@ -51,6 +57,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"
+PHASES_FILE = "phases.json"
 MODEL_DIR = "model"
 
 
@@ -102,6 +109,7 @@ class Trainer:
         seed_everything(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.embedding_seconds = 0.0
+        self.mode = trainer_mode(config, self.device)
 
         encoder: TextEncoder | None = None
         text_emb: torch.Tensor | None = None
@@ -113,8 +121,8 @@ class Trainer:
             else:
                 text_emb, self.embedding_seconds = item_embeddings(data, encoder, cache_dir, config.progress)
             text_dim = encoder.dim
-        elif config.mode != "frozen":
-            raise ValueError(f"mode={config.mode!r} fine-tunes the text encoder; it needs use_text=True")
+        elif self.mode != "frozen":
+            raise ValueError(f"mode={self.mode!r} fine-tunes the text encoder; it needs use_text=True")
         warm = torch.as_tensor(data.item_counts(config.protocol) > 0)
         self.model = Recommender(
             config.architecture(data.num_items, text_dim or 1),
@@ -124,10 +132,10 @@ class Trainer:
             warm=warm,
         ).to(self.device)
 
-        self.tune_encoder = config.mode != "frozen"
+        self.tune_encoder = self.mode != "frozen"
         self.encoder = encoder
         if encoder is not None and self.tune_encoder:
-            if config.mode == "lora":
+            if self.mode == "lora":
                 from peft import LoraConfig, get_peft_model
 
                 lora = LoraConfig(
@@ -361,8 +369,169 @@ def train(
         The trained model (best validation NDCG@10, in eval mode) and its history.
     """
     config = config or TrainConfig()
+    out = Path(out_dir)
     with process_group(config.device) as dist:
-        return _train(data, config, Path(out_dir), dist)
+        if config.mode != "auto":
+            result = _train(data, config, out, dist)
+        elif not config.model.use_text:
+            result = _train(data, config.override(mode="frozen"), out, dist)
+        elif resolve_device(config.device).type == "cuda":
+            result = _train(data, config.override(mode=auto_mode_on_cuda(config)), out, dist)
+        else:
+            result = _train(data, config.override(mode="frozen"), out, dist)
+            result = _lora_phase(data, config, out, result, dist)
+        if dist.is_main:
+            ran = {"mode": config.mode, "ran": result.mode_ran, "phases": result.phases}
+            (out / PHASES_FILE).write_text(json.dumps(ran, indent=2))
+        return result
+
+
+def trainer_mode(config: TrainConfig, device: torch.device) -> str:
+    """The level one :class:`Trainer` runs: ``auto`` is frozen on CPU (its first phase)."""
+    if config.mode != "auto":
+        return config.mode
+    if not config.model.use_text or device.type != "cuda":
+        return "frozen"
+    return auto_mode_on_cuda(config)
+
+
+def auto_mode_on_cuda(config: TrainConfig) -> str:
+    """``full`` for an encoder of at most ``auto_full_max_params`` parameters, else ``lora``.
+
+    The count is read from the encoder's config (embeddings + 12 h^2 per layer: 22.3M for
+    MiniLM-L6, whose true count is 22.7M) without loading its weights.
+    """
+    from transformers import AutoConfig
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = AutoConfig.from_pretrained(resolve_encoder(config.model.encoder), local_files_only=True)
+    hidden = int(getattr(cfg, "hidden_size", 0))
+    layers = int(getattr(cfg, "num_hidden_layers", 0))
+    params = int(getattr(cfg, "vocab_size", 0)) * hidden + layers * 12 * hidden * hidden
+    return "full" if 0 < params <= config.auto_full_max_params else "lora"
+
+
+def keep_lora(before: float, after: float, min_gain: float = 0.0) -> bool:
+    """Whether the LoRA phase's weights replace the frozen ones: validation NDCG@10 rose by more
+    than ``min_gain`` (a tie keeps the frozen weights: cheaper to serve, nothing lost)."""
+    return math.isfinite(after) and after > before + min_gain
+
+
+def _lora_phase(
+    data: TrainingData, config: TrainConfig, out: Path, frozen: TrainResult, dist: Distributed
+) -> TrainResult:
+    """auto on CPU: a LoRA phase from the frozen phase's weights, kept only if it helps.
+
+    Its budget covers the steps and re-encoding the whole catalog with the tuned encoder (the
+    kept weights need every item's new embedding). That re-encoding is estimated first (the
+    frozen phase's own encoding time, or the frozen encoder timed on 64 items when the catalog
+    came from the cache); when it alone would not fit, the phase is skipped and says so.
+    The head continues at a tenth of its learning rate: a fresh optimizer at full rate would
+    first undo what it learned.
+    """
+    from dataclasses import replace
+
+    frozen_phase = {
+        "mode": "frozen",
+        "epochs": len(frozen.history),
+        "seconds": round(frozen.train_seconds, 2),
+        "val_ndcg@10": frozen.best_metric,
+        "stop_reason": frozen.stop_reason,
+    }
+    phase: dict[str, Any] = {"mode": "lora", "steps": 0, "seconds": 0.0, "kept": False}
+    done = replace(frozen, mode_ran="frozen", phases=[frozen_phase, phase])
+    if config.auto_lora_steps <= 0 or config.auto_lora_seconds <= 0:
+        phase["reason"] = "no budget (auto_lora_steps or auto_lora_seconds is 0)"
+        return done
+    if dist.enabled:
+        # Every rank would re-encode the catalog and validate; a torchrun job is a GPU job's place.
+        phase["reason"] = "not run under torchrun"
+        return done
+
+    started = time.perf_counter()
+    encode_estimate = frozen.embedding_seconds
+    if encode_estimate <= 0:
+        # The catalog's embeddings came from the cache: time the frozen encoder on a sample.
+        encoder = frozen.model.encoder
+        assert encoder is not None
+        sample = np.random.default_rng(config.seed).permutation(np.arange(1, data.num_items))[:64]
+        encoder.encode([data.item_texts[i] for i in sample])
+        encode_estimate = (time.perf_counter() - started) * (data.num_items - 1) / max(len(sample), 1)
+    phase["encode_estimate_seconds"] = round(encode_estimate, 2)
+    if encode_estimate >= config.auto_lora_seconds:
+        phase["seconds"] = round(time.perf_counter() - started, 2)
+        phase["reason"] = (
+            f"re-encoding {data.num_items - 1} items would take ~{encode_estimate:.0f} s of the "
+            f"{config.auto_lora_seconds:.0f} s budget"
+        )
+        return done
+
+    trainer = Trainer(
+        data,
+        config.override(mode="lora"),
+        text_embeddings=frozen.model.text_embeddings.detach().cpu().clone(),
+    )
+    trainer.model.load_state_dict(frozen.model.state_dict())
+    trainer.optimizer.param_groups[0]["lr"] = config.lr * 0.1
+    step_budget = config.auto_lora_seconds - (time.perf_counter() - started) - encode_estimate
+
+    t0 = time.perf_counter()
+    losses: list[float] = []
+    while len(losses) < config.auto_lora_steps and time.perf_counter() - t0 < step_budget:
+        for batch in trainer.batches():
+            losses.append(trainer.step(batch).loss)
+            if len(losses) >= config.auto_lora_steps or time.perf_counter() - t0 >= step_budget:
+                break
+    step_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trainer.refresh_item_cache()
+    encode_seconds = time.perf_counter() - t0
+    after = _validate(trainer)["ndcg@10"]
+    kept = keep_lora(frozen.best_metric, after, config.auto_min_gain)
+    phase.update(
+        steps=len(losses),
+        loss=float(np.mean(losses)) if losses else float("nan"),
+        step_seconds=round(step_seconds, 2),
+        encode_seconds=round(encode_seconds, 2),
+        seconds=round(time.perf_counter() - started, 2),
+        val_ndcg_before=frozen.best_metric,
+        val_ndcg_after=after,
+        kept=kept,
+        reason=f"validation NDCG@10 {frozen.best_metric:.4f} -> {after:.4f} "
+        f"({'kept' if kept else 'not above'} + min gain {config.auto_min_gain})",
+    )
+    log.info("auto: LoRA phase %s", phase)
+    # The phase is one more record in the history (its loss.png point and its seconds in the
+    # report's training time); it is the best epoch only when its weights are kept.
+    epoch = len(frozen.history) + 1
+    record = {
+        "epoch": float(epoch),
+        "loss": phase["loss"],
+        "seconds": phase["seconds"],
+        "val_ndcg@10": after,
+        "lora_steps": float(len(losses)),
+    }
+    history = [*frozen.history, record]
+    (out / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+    done = replace(done, history=history, train_seconds=frozen.train_seconds + phase["seconds"])
+    if not kept:
+        return done
+    _finish_encoder(trainer)
+    model = trainer.model
+    model.eval()
+    model_dir = model.save(
+        out / MODEL_DIR,
+        extra={
+            "train_config": config.model_dump(mode="json"),
+            "best_epoch": epoch,
+            "best_val_ndcg@10": after,
+            "encoder_path": resolve_encoder(config.model.encoder),
+            "mode_ran": "lora",
+        },
+    )
+    return replace(
+        done, model=model, model_dir=model_dir, best_metric=after, best_epoch=epoch, mode_ran="lora"
+    )
 
 
 def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed) -> TrainResult:
@@ -491,6 +660,16 @@ def _train(data: TrainingData, config: TrainConfig, out: Path, dist: Distributed
         device=str(trainer.device),
         stop_reason=stop_reason,
         world_size=dist.world_size,
+        mode_ran=trainer.mode,
+        phases=[
+            {
+                "mode": trainer.mode,
+                "epochs": len(history),
+                "seconds": round(train_seconds, 2),
+                "val_ndcg@10": best_metric,
+                "stop_reason": stop_reason,
+            }
+        ],
     )
 
 
@@ -546,7 +725,7 @@ def _finish_encoder(trainer: Trainer) -> None:
     """
     encoder = trainer.encoder
     assert encoder is not None
-    if trainer.config.mode == "lora":
+    if trainer.mode == "lora":
         encoder.model = encoder.model.merge_and_unload()
     encoder.fine_tuned = True
     encoder.requires_grad_(False)

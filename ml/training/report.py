@@ -29,6 +29,33 @@ def markdown_table(models: dict[str, dict[str, Any]], metrics: tuple[str, ...] =
     return "\n".join(lines)
 
 
+def training_section(training: dict[str, Any] | None) -> str:
+    """Markdown: the fine-tuning level that ran and each phase's cost (empty without a record)."""
+    if not training:
+        return ""
+    lines = [
+        "",
+        f"## Training: mode {training.get('mode')} ran {training.get('ran')}",
+        "",
+        "| phase | epochs / steps | seconds | validation NDCG@10 | kept | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for phase in training.get("phases", []):
+        if "steps" in phase:  # a step-budgeted phase (auto's LoRA) validates once, at its end
+            amount = f"{phase.get('steps', 0)} steps"
+            metric = phase.get("val_ndcg_after")
+        else:
+            amount = f"{phase.get('epochs', 0)} epochs"
+            metric = phase.get("val_ndcg@10")
+        value = f"{metric:.4f}" if isinstance(metric, float) else "–"
+        kept = "yes" if phase.get("kept", True) else "no"
+        lines.append(
+            f"| {phase.get('mode')} | {amount} | {phase.get('seconds', 0.0):.1f} | {value} | {kept} "
+            f"| {phase.get('reason', phase.get('stop_reason', ''))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _plot_history(history: list[dict[str, float]], path: Path) -> None:
     import matplotlib
 
@@ -102,7 +129,10 @@ def write_run_report(
     }
     paths["json"].write_text(json.dumps({"models": models, "history": history, **(extra or {})}, indent=2))
     paths["markdown"].write_text(
-        "# Run report\n\nTest split, full-catalog ranking.\n\n" + markdown_table(models) + "\n"
+        "# Run report\n\nTest split, full-catalog ranking.\n\n"
+        + markdown_table(models)
+        + "\n"
+        + training_section((extra or {}).get("training"))
     )
     if history:
         _plot_history(history, paths["loss_plot"])

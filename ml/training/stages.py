@@ -28,7 +28,7 @@ from ml.core.settings import PROJECT_DIR, Settings, get_settings
 from ml.modeling.baselines import evaluate_baselines
 from ml.modeling.config import TrainConfig
 from ml.modeling.evaluate import evaluate
-from ml.modeling.fit import train
+from ml.modeling.fit import PHASES_FILE, train
 from ml.modeling.model import load
 from ml.monitoring.features import write_reference
 from ml.training.baseline_cache import cached_baselines, snapshot_key
@@ -144,6 +144,8 @@ def train_challenger(
         "validation_ndcg@10": result.best_metric,
         "train_seconds": round(result.train_seconds, 1),
         "device": result.device,
+        "mode_ran": result.mode_ran,
+        "phases": result.phases,
         "config": json.loads(config.model_dump_json()),
     }
 
@@ -159,8 +161,12 @@ def evaluate_challenger(
     model = load(folder / TRAIN / "model")
     config = train_config(settings, overrides)
     history = json.loads((folder / TRAIN / "history.json").read_text())
+    # Which fine-tuning level ran and what each phase cost (mode auto: frozen, then maybe LoRA).
+    phases_file = folder / TRAIN / PHASES_FILE
+    training = json.loads(phases_file.read_text()) if phases_file.exists() else None
     ours = {
         **evaluate(model, data, "test", config.protocol),
+        # auto's LoRA phase, when it ran, is the history's last record (its seconds included).
         "train_seconds": sum(h.get("seconds", 0.0) for h in history),
     }
     validation = evaluate(model, data, "validation", config.protocol)
@@ -180,7 +186,12 @@ def evaluate_challenger(
         folder / REPORT,
         models=models,
         history=history,
-        extra={"validation": validation, "protocol": config.protocol, "run_id": run_id},
+        extra={
+            "validation": validation,
+            "protocol": config.protocol,
+            "run_id": run_id,
+            **({"training": training} if training else {}),
+        },
     )
     return {
         "metrics": {"validation": validation, "test": ours, "baselines": baselines, "champion": champion},

@@ -34,7 +34,8 @@ def planted_run(
     planted_data: TrainingData, tmp_path_factory: pytest.TempPathFactory, tmp_cache: Path
 ) -> TrainResult:
     out = tmp_path_factory.mktemp("planted")
-    config = TrainConfig(**TINY, epochs=12, patience=12, cache_dir=tmp_cache)
+    # The frozen loop's run (mode auto's LoRA phase is tests/model/test_mode_auto.py's).
+    config = TrainConfig(**TINY, mode="frozen", epochs=12, patience=12, cache_dir=tmp_cache)
     return train(planted_data, config, out)
 
 
@@ -170,12 +171,14 @@ def test_training_resumes_from_its_checkpoint(
     planted_data: TrainingData, tmp_path: Path, tmp_cache: Path
 ) -> None:
     small = planted_data.subset_users(60)
-    first = train(small, TrainConfig(**TINY, epochs=1, cache_dir=tmp_cache), tmp_path)
-    second = train(small, TrainConfig(**TINY, epochs=2, cache_dir=tmp_cache), tmp_path)
+    # The epoch loop's checkpoint (mode frozen: auto would add its LoRA phase's record after it).
+    tiny = {**TINY, "mode": "frozen"}
+    first = train(small, TrainConfig(**tiny, epochs=1, cache_dir=tmp_cache), tmp_path)
+    second = train(small, TrainConfig(**tiny, epochs=2, cache_dir=tmp_cache), tmp_path)
     assert len(first.history) == 1 and len(second.history) == 2
     assert second.history[0] == first.history[0]
     # A different configuration does not resume from the old checkpoint.
-    third = train(small, TrainConfig(**{**TINY, "hidden": 16}, epochs=1, cache_dir=tmp_cache), tmp_path)
+    third = train(small, TrainConfig(**{**tiny, "hidden": 16}, epochs=1, cache_dir=tmp_cache), tmp_path)
     assert len(third.history) == 1
 
 
