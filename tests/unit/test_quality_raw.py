@@ -359,3 +359,45 @@ def test_a_missing_mart_or_column_blocks(settings):
         ("dim_items", "item_text", "column_exists"),
     }
     assert "marts.fct_copurchase_pairs: table_exists (table) failed, observed missing" in str(caught.value)
+
+
+def test_an_unchanged_mart_keeps_its_pass_and_a_changed_one_is_validated_again(settings):
+    marts = _marts()
+    _write_marts(settings, marts)
+    first = validate_marts("run-1", settings)
+    assert first.reused == {} and first.evaluated > 50
+
+    # Same rows, same suites: every earlier pass holds, nothing is evaluated again.
+    again = validate_marts("run-2", settings)
+    assert again.reused == {table: "run-1" for table in marts}
+    assert again.evaluated == 0 and again.rows == first.rows
+
+    # One duplicated item row: dim_items is validated again and fails; the rest still hold.
+    items = marts["dim_items"]
+    marts["dim_items"] = pd.concat([items, items.iloc[[0]]], ignore_index=True)
+    _write_marts(settings, marts)
+    with pytest.raises(QualityGateError) as caught:
+        validate_marts("run-3", settings)
+    outcome = caught.value.result
+    assert {f.rule for f in outcome.failures} == {"item_key_unique"}
+    assert "dim_items" not in outcome.reused and len(outcome.reused) == len(marts) - 1
+
+    # The failure is not remembered as a pass: the same bad rows fail again.
+    with pytest.raises(QualityGateError):
+        validate_marts("run-4", settings)
+
+
+def test_the_row_fingerprint_ignores_order_and_sees_one_changed_value(settings):
+    from ml.data.quality.marts import fingerprint
+
+    warehouse = Warehouse(settings)
+    frame = pd.DataFrame({"a": ["x", "y", "z"], "b": [1, 2, 3]})
+    with warehouse.connect() as con:
+        warehouse.execute(con, "CREATE SCHEMA IF NOT EXISTS marts")
+        for name, rows in {"t1": frame, "t2": frame.iloc[::-1], "t3": frame.assign(b=[1, 2, 4])}.items():
+            con.register("_t", rows)
+            con.execute(f"CREATE TABLE marts.{name} AS SELECT * FROM _t")
+            con.unregister("_t")
+    prints = {name: fingerprint(warehouse, f"marts.{name}", ["a", "b"]) for name in ("t1", "t2", "t3")}
+    assert prints["t1"] == prints["t2"] and prints["t1"][0] == 3
+    assert prints["t3"] != prints["t1"]

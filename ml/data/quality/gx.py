@@ -99,6 +99,7 @@ def run_checkpoint(
     run_id: str,
     result_format: dict[str, Any],
     parameters: dict[str, Any] | None = None,
+    update_docs: bool = True,
 ) -> tuple[ValidationResultIdentifier, ExpectationSuiteValidationResult]:
     """Validate ``frame`` against ``suite`` through a Checkpoint that updates Data Docs.
 
@@ -114,6 +115,9 @@ def run_checkpoint(
         run_id: shown as the run name in Data Docs.
         result_format: GX result format.
         parameters: suite parameter values (``$PARAMETER`` references in the suite).
+        update_docs: rebuild Data Docs after this checkpoint. A caller validating several tables
+            passes False and calls :func:`build_data_docs` once: every build reads every stored
+            result, so a build per table costs more with each run.
 
     Returns:
         The key of the stored validation result, and the result.
@@ -143,7 +147,9 @@ def run_checkpoint(
         gx.Checkpoint(
             name=name,
             validation_definitions=[definition],
-            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
+            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])]
+            if update_docs
+            else [],
             result_format=result_format,
         )
     )
@@ -152,9 +158,8 @@ def run_checkpoint(
         expectation_parameters=parameters or {},
         run_id=RunIdentifier(run_name=run_id, run_time=datetime.now().astimezone()),
     )
-    site = data_docs_index(context)
-    if site is not None:  # GX's pages load their CSS/JS from CDNs: point them at vendored copies
-        make_data_docs_offline(site.parent)
+    if update_docs:
+        _make_docs_offline(context)
     ((key, result),) = outcome.run_results.items()
     for expectation_result in result.results:
         info = expectation_result.exception_info or {}
@@ -165,6 +170,19 @@ def run_checkpoint(
                 f"{info.get('exception_message')}"
             )
     return key, result
+
+
+def _make_docs_offline(context: Any) -> None:
+    site = data_docs_index(context)
+    if site is not None:  # GX's pages load their CSS/JS from CDNs: point them at vendored copies
+        make_data_docs_offline(site.parent)
+
+
+def build_data_docs(context: Any) -> Path | None:
+    """Rebuild the local Data Docs site once (offline assets included); returns its index."""
+    context.build_data_docs(site_names=[DOCS_SITE])
+    _make_docs_offline(context)
+    return data_docs_index(context)
 
 
 def slim_stored_result(
