@@ -53,6 +53,7 @@ def build_bento(model_tag: str | None = None, settings: Settings | None = None) 
         settings: ShopFlow settings (the BentoML home the Bento is stored in).
     """
     settings = settings or get_settings()
+    prepare_indexes(model_tag, settings)
     done = subprocess.run(
         [_bentoml(), "build", "-f", str(BENTOFILE), "-o", "tag", str(PROJECT_DIR)],
         env=_env(settings, model_tag),
@@ -67,6 +68,17 @@ def build_bento(model_tag: str | None = None, settings: Settings | None = None) 
         if line.startswith("__tag__:"):
             return line.removeprefix("__tag__:").strip()
     raise RuntimeError(f"bentoml build printed no tag:\n{done.stdout[-2000:]}")
+
+
+def prepare_indexes(model_tag: str | None, settings: Settings) -> dict[str, Any]:
+    """Build the version's approximate item indexes into its folder before it is packaged, when
+    its catalog reaches ``settings.serving_ann_min_items`` (serving/index.py): the Bento then
+    carries them and a worker only reads them at start. Returns the index manifest ({}: exact)."""
+    from ml import registry
+    from serving.index import prepare_version
+
+    tag = model_tag or registry.champion(settings) or f"{registry.MODEL_NAME}:latest"
+    return prepare_version(registry.get(tag, settings).path, settings.serving_ann_min_items)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ Retrieval is exact maximum inner product through faiss (``IndexFlatIP``): over t
 table for recommendations (the score the model was trained to rank by), and over L2-normalised
 vectors (cosine) for similar items and dense text search; ``/search`` fuses that with BM25 and the
 query's intent (``ml.retrieval``, built here at load from the version's item texts). Flat indexes
-are exact and, at catalog sizes of 10^4-10^5 items, answer in well under a millisecond; an IVF/HNSW
-index is a drop-in swap past that.
+are exact and, at the real catalog's 10^4 items, answer in well under a millisecond; from
+``settings.serving_ann_min_items`` items on, the three item indexes are HNSW graphs built at Bento
+build time (``serving/index.py``; bench/ann.py measures both up to 10^6 items).
 
 User histories: a user id is looked up in ``histories.parquet`` (columns user_id, item_id,
 position) beside ``model/`` in the version folder (see :func:`write_histories`), else in the
@@ -36,11 +37,12 @@ import numpy as np
 
 from ml.core.artifacts import HISTORIES_FILE, METADATA_FILE, read_histories, run_dir
 from ml.core.pii import scrub, user_hash
-from ml.core.settings import Settings
+from ml.core.settings import Settings, get_settings
 from ml.modeling.model import load
 from ml.retrieval.assistant import Assistant, AssistantConfig
 from ml.retrieval.facts import CatalogFacts
 from ml.retrieval.hybrid import DEFAULT_MODE, MODES, PERSONAL_MODE, HybridSearcher
+from serving.index import catalog_index, catalog_matrices
 
 LOG_DIR_NAME = "serving_logs"
 
@@ -279,14 +281,6 @@ def _normalized(matrix: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def _flat_index(matrix: np.ndarray) -> Any:
-    import faiss
-
-    index = faiss.IndexFlatIP(matrix.shape[1])
-    index.add(np.ascontiguousarray(matrix, dtype=np.float32))
-    return index
-
-
 def resolve_mode(mode: str | None, user_id: str | None) -> str:
     """The search method: the one asked, else hybrid with intent (personal when a user is given)."""
     if mode is None:
@@ -351,6 +345,8 @@ class ServingModel:
         cache_size: hot users whose vectors are kept (LRU).
         log_flush_s: 0: each request writes its log line itself; > 0: lines are queued and written
             by a thread every this many seconds (:class:`RequestLog`).
+        ann_min_items: catalogs this large are searched through the HNSW indexes built into the
+            version (``serving.index``); default ``settings.serving_ann_min_items``.
     """
 
     def __init__(
@@ -361,6 +357,7 @@ class ServingModel:
         work_dir: Path | str | None = None,
         cache_size: int = 50_000,
         log_flush_s: float = 0.0,
+        ann_min_items: int | None = None,
     ) -> None:
         import torch
 
@@ -374,17 +371,28 @@ class ServingModel:
         self.titles = [title_of(t) for t in model.item_texts]
         # Precomputed once: the item table the user vectors are scored against, its cosine copy
         # (similar items, reasons), and the normalised text space (cold items, search).
-        self.table = model.cached_table().cpu().numpy().astype(np.float32)
-        self.table_index = _flat_index(self.table)
-        self.unit_table = _normalized(self.table)
-        self.unit_table_index = _flat_index(self.unit_table)
+        matrices = catalog_matrices(model)
+        self.table = matrices["table"]
+        self.unit_table = matrices["unit_table"]
+        # Exact below the ANN threshold; above it the HNSW indexes the Bento build wrote (never
+        # built here: that would cost start-up minutes at 10^6 items). serving/index.py.
+        if ann_min_items is None:
+            ann_min_items = get_settings().serving_ann_min_items
+        self.index_kinds: dict[str, str] = {}
+        indexes = {}
+        for name, matrix in matrices.items():
+            indexes[name], self.index_kinds[name] = catalog_index(
+                self.version_dir, name, matrix, ann_min_items
+            )
+        self.table_index = indexes["table"]
+        self.unit_table_index = indexes["unit_table"]
         self.warm = model.warm.cpu().numpy() > 0
         self.unit_text: np.ndarray | None = None
         self.text_index: Any = None
         self.retriever: HybridSearcher | None = None
         if model.config.use_text:
-            self.unit_text = _normalized(model.text_embeddings.cpu().numpy())
-            self.text_index = _flat_index(self.unit_text)
+            self.unit_text = matrices["text"]
+            self.text_index = indexes["text"]
             # Hybrid search reads the same catalog snapshot: BM25 over the item texts, brand,
             # category and price band parsed back from them (the version keeps no other item table).
             searchable = np.ones(len(self.item_ids), dtype=bool)

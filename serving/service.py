@@ -930,11 +930,12 @@ class Recommender:
         # Readiness then means every endpoint is fast: encoder loaded, known users precomputed.
         users = self.engine.warm_up()
         log.info(
-            "serving %s (%d items, %d user vectors precomputed, histories from %s)",
+            "serving %s (%d items, %d user vectors precomputed, histories from %s, indexes %s)",
             stored.tag,
             len(self.engine.item_ids) - 1,
             users,
             self.engine.histories_source,
+            self.engine.index_kinds,
         )
         # What is loaded now lives as long as the worker: keep it out of the collector's scans,
         # which otherwise walk every history and cached vector (p99 tails under load).

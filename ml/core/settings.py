@@ -280,6 +280,15 @@ class Settings(BaseSettings):
         "queued and a thread appends them every this many seconds (off the request path; a "
         "graceful stop loses none, a SIGKILL at most this interval's, never a broken line).",
     )
+    serving_ann_min_items: int = Field(
+        50_000,
+        ge=1,
+        description="Catalogs with at least this many items are served from an HNSW index built at "
+        "Bento build time (serving/index.py, packaged in the model's ann/ folder); smaller ones by "
+        "exact search. 50k: exact inner product over 64-wide vectors costs ~0.3 ms a query there "
+        "(0.06 ms at the real 12k catalog, where HNSW gains nothing) and grows linearly; see "
+        "bench/results/ann.json.",
+    )
 
     @model_validator(mode="after")
     def _check_rating_scale(self) -> Settings:
