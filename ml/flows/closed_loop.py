@@ -236,10 +236,13 @@ def showcase(base_url: str, settings: Settings) -> list[str]:
             return None
         return dict(answer.json())
 
-    found = post("/search", {"query": SHOWCASE_QUERY, "k": 1})
+    found = post("/search", {"query": SHOWCASE_QUERY, "k": 10})
     if not found or not found.get("items"):
         return lines or [f"  /search {SHOWCASE_QUERY!r}: nothing found"]
-    item = found["items"][0]
+    # The first hit the catalog knows a price and a maker of: the questions below ask for them
+    # (many Beauty listings have neither, and "no price for it" shows little of the assistant).
+    described = [i for i in found["items"] if i.get("price") is not None and i.get("brand")]
+    item = (described or found["items"])[0]
     lines.append(
         f"  /search {SHOWCASE_QUERY!r} → {item['item_id']} {item['title']!r} (price {item.get('price')})"
     )
