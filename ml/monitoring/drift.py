@@ -105,13 +105,14 @@ def drift_report(
     kind: str,
     timestamp: datetime | None = None,
 ) -> tuple[Any, DriftCheck]:
-    """Evidently ``DataDriftPreset`` of ``current`` against ``reference`` on the usable columns.
+    """Evidently drift of ``current`` against ``reference`` on the usable columns: the share of
+    drifted columns (``DriftedColumnsCount``) and each column's distance (``ValueDrift``).
 
     A column is used when both sides have values in it; both sides are sampled to
     ``settings.drift_sample_rows``. Returns the Evidently snapshot and its :class:`DriftCheck`.
     """
     from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    from evidently.metrics import DriftedColumnsCount, ValueDrift
 
     left_out = missing_columns(current, reference, numerical, categorical)
     numerical = [c for c in numerical if c not in left_out]
@@ -124,17 +125,22 @@ def drift_report(
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
     for column in categorical:
         current[column], reference[column] = _top_values(current[column], reference[column])
+    # Distances whatever the sample size (Evidently would switch to p-value tests below 1,000
+    # rows), so one threshold means the same for every column and window.
+    threshold = settings.drift_column_threshold
+    methods = {**dict.fromkeys(numerical, "wasserstein"), **dict.fromkeys(categorical, "jensenshannon")}
+    # The metrics DataDriftPreset is made of, without its legacy summary table, which computed every
+    # column's drift twice more: the same distances and share in ~40% less time (bench/drift.py).
     report = Report(
         [
-            DataDriftPreset(
+            DriftedColumnsCount(
                 columns=columns,
                 drift_share=settings.drift_share_threshold,
-                # Distances whatever the sample size (Evidently would switch to p-value tests
-                # below 1,000 rows), so one threshold means the same for every column and window.
                 num_method="wasserstein",
                 cat_method="jensenshannon",
-                threshold=settings.drift_column_threshold,
-            )
+                threshold=threshold,
+            ),
+            *(ValueDrift(column=column, method=methods[column], threshold=threshold) for column in columns),
         ]
     )
     with warnings.catch_warnings():
