@@ -493,8 +493,9 @@ class ServingModel:
         self.user_cache.put(key, vector)
         return vector
 
-    def _reasons(self, items: list[int], history: list[int]) -> list[str]:
-        """For each item, the history item most similar to it (cosine), in one matrix product."""
+    def _reasons(self, items: list[int], history: list[int]) -> list[tuple[str, Any, tuple[str, ...]]]:
+        """For each item, the history item most similar to it (cosine), in one matrix product:
+        (reason, copy status, failed rules) - see :meth:`_explain`."""
         if not history or not items:
             return []
         sims = self.unit_table[history] @ self.unit_table[items].T  # len(history) x len(items)
@@ -535,7 +536,9 @@ class ServingModel:
         self.bundle_catalog = b.BundleCatalog(frame)
         self.packaged_bundles: dict[str, Any] = {}
         self.explanations: dict[tuple[str, str], str] = {}
-        self._reason_cache: dict[tuple[int, int], str] = {}
+        # (status, failed rules) of each packaged explanation: the request log counts them.
+        self.explanation_copy: dict[tuple[str, str], tuple[Any, tuple[str, ...]]] = {}
+        self._reason_cache: dict[tuple[int, int], tuple[str, Any, tuple[str, ...]]] = {}
         self._reason_lock = threading.Lock()
         if (folder / b.BUNDLES_FILE).exists():
             self.packaged_bundles = b.read_bundles(pd.read_parquet(folder / b.BUNDLES_FILE))
@@ -545,14 +548,27 @@ class ServingModel:
                 (str(i), str(h)): str(t)
                 for i, h, t in zip(cached["item_id"], cached["history_item_id"], cached["text"], strict=True)
             }
+            statuses = cached["copy"] if "copy" in cached else ["generated"] * len(cached)
+            failed = cached["failures"] if "failures" in cached else [()] * len(cached)
+            self.explanation_copy = {
+                (str(i), str(h)): (str(c), tuple(str(r) for r in f))
+                for i, h, c, f in zip(
+                    cached["item_id"], cached["history_item_id"], statuses, failed, strict=True
+                )
+            }
 
-    def _explain(self, item: int, history: int) -> str:
+    def _explain(self, item: int, history: int) -> tuple[str, Any, tuple[str, ...]]:
         """Why ``item`` follows ``history``: the packaged sentence for the pair (generated and
         checked at packaging) or the template from the facts they share.
 
         The template folds and compares the two items' texts (268 us a pair, measured at load
         average 15 on the shared 2-core box; k of them per /recommend), so each pair's reason is
         kept in a bounded cache: a known user's repeated request costs dictionary lookups.
+
+        Returns:
+            (reason, copy status, rules failed): the status and rules of the packaged text
+            (``generated``, or ``fallback`` with the rules its generated text failed, or
+            ``template``), ``template`` when the pair was not packaged.
         """
         key = (item, history)
         cached = self._reason_cache.get(key)
@@ -563,10 +579,11 @@ class ServingModel:
 
         pair = (self.item_ids[item], self.item_ids[history])
         text = self.explanations.get(pair)
+        status, rules = self.explanation_copy.get(pair, ("template", ()))
         if text is None:
             facts = self.bundle_catalog.facts
             text = template("explanation", explanation_facts(facts[item], facts[history]))
-        reason = f"{text} (you interacted with {pair[1]})"
+        reason = (f"{text} (you interacted with {pair[1]})", status, rules)
         with self._reason_lock:
             self._reason_cache[key] = reason
             if len(self._reason_cache) > 200_000:  # oldest first out (dicts keep insertion order)
@@ -660,12 +677,17 @@ class ServingModel:
                 for f, source in zip(rows, found.sources, strict=True)
             ],
         }
+        # The bundle keeps its failed rules together: they count once, on its first failed text.
+        first_failed = next((n for n, c in enumerate(found.copies) if c == "fallback"), None)
         self._log(
             "bundle",
             started,
             {"strategy": strategy, "items": [{"item_id": x, "score": 1.0} for x in found.item_ids]},
             user_id=user_id,
             request={"basis": basis, "size": size, "item_id": item_id},
+            copy=b.copy_counts(
+                (c, found.failures if n == first_failed else ()) for n, c in enumerate(found.copies)
+            ),
         )
         return response
 
@@ -683,6 +705,8 @@ class ServingModel:
         knows nothing about gets the cold-start answer: the most popular items (and the response
         says so).
         """
+        from ml.generation import bundles as b
+
         started = time.perf_counter()
         if user_id is None and not recent_items:
             raise ServingError(
@@ -700,9 +724,11 @@ class ServingModel:
             strategy = "personalized"
             found = self._search(self.table_index, self._user_vector(history), k, seen)
             reasons = self._reasons([i for i, _ in found], history)
-            hits = [self._hit(i, s, r) for (i, s), r in zip(found, reasons, strict=True)]
+            hits = [self._hit(i, s, r[0]) for (i, s), r in zip(found, reasons, strict=True)]
+            copy = b.copy_counts((status, rules) for _, status, rules in reasons)
         else:
             strategy = "cold_start_popular"
+            copy = b.copy_counts(())  # a fixed phrase, no copy
             n = len(self.popular)
             hits = [
                 self._hit(i, 1.0 - rank / n, "popular with other shoppers")
@@ -724,7 +750,9 @@ class ServingModel:
             "note": note,
             "items": [h.__dict__ for h in hits],
         }
-        self._log("recommend", started, response, user_id=user_id, request={"k": k, "n_recent": len(raw)})
+        self._log(
+            "recommend", started, response, user_id=user_id, request={"k": k, "n_recent": len(raw)}, copy=copy
+        )
         return response
 
     def similar(self, item_id: str, k: int = 10) -> dict[str, Any]:
@@ -872,6 +900,8 @@ class ServingModel:
 
         ``history``: earlier turns, ``{"role": "user" | "assistant", "content": ...}``, oldest first.
         """
+        from ml.generation.bundles import copy_counts, failure_rules
+
         started = time.perf_counter()
         assistant, why = self.assistant(settings or Settings())
         answer = assistant.answer(question, history)
@@ -879,6 +909,10 @@ class ServingModel:
         if why is not None and answer.fallback and not answer.no_match:
             public["note"] = f"{public['note']} ({why})"
         strategy = "no_match" if answer.no_match else "template" if answer.fallback else "generated"
+        # One text served: generated and passed, generated and failed (the template instead), or
+        # the template without a generation (no match, no generator, busy, over budget).
+        status = "generated" if not answer.fallback else "fallback" if answer.generated else "template"
+        rules = failure_rules(answer.reasons) if status == "fallback" else ()
         response = {"model_version": self.tag, "question": question, "strategy": strategy, **public}
         intent = public["intent"]
         self._log(
@@ -895,6 +929,7 @@ class ServingModel:
                 "grounded": answer.grounded,
                 "generated": answer.generated,
             },
+            copy=copy_counts([(status, rules)]),
         )
         return response
 
@@ -906,7 +941,10 @@ class ServingModel:
         response: dict[str, Any],
         user_id: str | None = None,
         request: dict[str, Any] | None = None,
+        copy: dict[str, Any] | None = None,
     ) -> None:
+        """One request log line. ``copy``: what the response's texts were (``copy_counts``) - the
+        monitoring run's fallback and check-failure rates per interval come from it."""
         items = response.get("items", [])
         self.log.write(
             {
@@ -918,5 +956,6 @@ class ServingModel:
                 "items": [h["item_id"] for h in items],
                 "scores": [h["score"] for h in items],
                 "latency_ms": round((time.perf_counter() - started) * 1000.0, 3),
+                "copy": copy,
             }
         )

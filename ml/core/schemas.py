@@ -157,6 +157,14 @@ SERVING_REQUESTS = [
     Column("items", STRING, description="Returned item ids, JSON list, best first."),
     Column("scores", STRING, description="Their scores, JSON list."),
     Column("latency_ms", FLOAT),
+    # The texts the response served (recommend reasons, bundle name + description, ask answer):
+    # the monitoring run's fallback and check-failure rates per interval. NULL: an endpoint or a
+    # line from before these were logged.
+    Column("texts_served", INTEGER, False, "Generated or template texts in the response."),
+    Column("texts_generated", INTEGER, False, "Written by the generator and passed the check."),
+    Column("texts_fallback", INTEGER, False, "Written by the generator, failed the check: template served."),
+    Column("texts_template", INTEGER, False, "The template, without a generation (not packaged, no budget)."),
+    Column("check_failures", STRING, False, "Failed grounding rules of the fallbacks, JSON {rule: count}."),
     Column("batch_id", STRING, description="The monitoring run that loaded the line."),
     Column("loaded_at", TIMESTAMP),
 ]

@@ -354,6 +354,10 @@ class Bundle:
     name: str = ""
     description: str = ""
     copy: CopyStatus = "template"
+    copies: tuple[CopyStatus, CopyStatus] = ("template", "template")
+    """The name's and the description's own status (``copy`` is the weaker of the two)."""
+    failures: tuple[str, ...] = ()
+    """The grounding rules the generated name or description failed (fallback only)."""
 
 
 def choose(
@@ -493,6 +497,12 @@ def prompt(kind: Kind, facts: Facts) -> str:
 SYSTEM_PROMPT = "You write short, factual shop copy. Never invent product names, brands or prices."
 
 
+def failure_rules(reasons: Iterable[str]) -> tuple[str, ...]:
+    """The rule names of a grounding check's reasons ("number not in facts: 3" -> "number not in
+    facts"), each once, in order: monitoring counts failures per rule, not per wording."""
+    return tuple(dict.fromkeys(r.split(":", 1)[0].strip() for r in reasons))
+
+
 @dataclass
 class CopyStats:
     """How the copy of one batch was made: generated (passed), fallback (failed), template."""
@@ -502,6 +512,8 @@ class CopyStats:
     template: int = 0
     seconds: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
+    failed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Request position -> the rules its generated text failed (fallbacks only; not in as_dict)."""
 
     @property
     def attempted(self) -> int:
@@ -564,8 +576,9 @@ def write_copy(
             stats.template -= 1
             if grounded.fallback:
                 stats.fallback += 1
-                for reason in grounded.check.reasons:
-                    rule = reason.split(":", 1)[0]
+                rules = failure_rules(grounded.check.reasons)
+                stats.failed[first + offset] = rules
+                for rule in rules:
                     stats.failures[rule] = stats.failures.get(rule, 0) + 1
                 out[first + offset] = (grounded.text, "fallback")
             else:
@@ -575,7 +588,28 @@ def write_copy(
     return out, stats
 
 
-def with_copy(bundle: Bundle, name: tuple[str, CopyStatus], description: tuple[str, CopyStatus]) -> Bundle:
+def copy_counts(texts: Iterable[tuple[str, Sequence[str]]]) -> dict[str, object]:
+    """What one response served, for its request log line: texts served, how many the generator
+    wrote and passed (generated), wrote but failed the check (fallback: the template was served),
+    or never wrote (template), and the failed rules counted per rule.
+
+    Monitoring sums these per interval (``ml.monitoring.run.copy_quality``).
+    """
+    counts: dict[str, int] = {"generated": 0, "fallback": 0, "template": 0}
+    failures: dict[str, int] = {}
+    for status, rules in texts:
+        counts[status] += 1
+        for rule in rules:
+            failures[rule] = failures.get(rule, 0) + 1
+    return {"served": sum(counts.values()), **counts, "failures": dict(sorted(failures.items()))}
+
+
+def with_copy(
+    bundle: Bundle,
+    name: tuple[str, CopyStatus],
+    description: tuple[str, CopyStatus],
+    failures: Sequence[str] = (),
+) -> Bundle:
     """The bundle with its name and description; its status is the weaker of the two."""
     order: dict[CopyStatus, int] = {"generated": 0, "fallback": 1, "template": 2}
     status = max(name[1], description[1], key=order.__getitem__)
@@ -588,6 +622,8 @@ def with_copy(bundle: Bundle, name: tuple[str, CopyStatus], description: tuple[s
         name[0],
         description[0],
         status,
+        (name[1], description[1]),
+        tuple(dict.fromkeys(failures)),
     )
 
 
@@ -612,6 +648,8 @@ def bundles_frame(bundles: Sequence[Bundle]) -> pd.DataFrame:
             "name": [b.name for b in bundles],
             "description": [b.description for b in bundles],
             "copy": [b.copy for b in bundles],
+            "copies": [list(b.copies) for b in bundles],
+            "failures": [list(b.failures) for b in bundles],
         }
     )
 
@@ -628,6 +666,9 @@ def read_bundles(frame: pd.DataFrame) -> dict[str, Bundle]:
             name=str(row["name"]),
             description=str(row["description"]),
             copy=row["copy"],
+            # A package written before per-text statuses: both texts count with the bundle's.
+            copies=tuple(str(c) for c in row["copies"]) if "copies" in row else (row["copy"], row["copy"]),  # type: ignore[arg-type]
+            failures=tuple(str(r) for r in row["failures"]) if "failures" in row else (),
         )
     return out
 
@@ -751,19 +792,24 @@ def package(
     )
     names: dict[str, tuple[str, CopyStatus]] = {}
     descriptions: dict[str, tuple[str, CopyStatus]] = {}
-    explanations: list[tuple[str, str, str, CopyStatus]] = []
-    for (_, kind, _, key), text in zip(requests, texts, strict=True):
+    failed: dict[str, list[str]] = {}
+    explanations: list[tuple[str, str, str, CopyStatus, list[str]]] = []
+    for position, ((_, kind, _, key), text) in enumerate(zip(requests, texts, strict=True)):
+        rules = list(stats.failed.get(position, ()))
         if kind == "bundle_name":
             names[str(key[1])] = text  # type: ignore[index]
+            failed.setdefault(str(key[1]), []).extend(rules)  # type: ignore[index]
         elif kind == "bundle_description":
             descriptions[str(key[1])] = text  # type: ignore[index]
+            failed.setdefault(str(key[1]), []).extend(rules)  # type: ignore[index]
         else:
             rec, hist = key  # type: ignore[misc]
-            explanations.append((catalog.item_ids[rec], catalog.item_ids[hist], text[0], text[1]))
-    finished = [with_copy(b, names[s], descriptions[s]) for s, b in bundles.items()]
+            explanations.append((catalog.item_ids[rec], catalog.item_ids[hist], text[0], text[1], rules))
+    finished = [with_copy(b, names[s], descriptions[s], failed.get(s, ())) for s, b in bundles.items()]
     catalog.frame().to_parquet(out / CATALOG_FILE, index=False)
     bundles_frame(finished).to_parquet(out / BUNDLES_FILE, index=False)
-    pd.DataFrame(explanations, columns=["item_id", "history_item_id", "text", "copy"]).to_parquet(
+    # Each text keeps its status and failed rules: the Bento logs them per served text (monitoring).
+    pd.DataFrame(explanations, columns=["item_id", "history_item_id", "text", "copy", "failures"]).to_parquet(
         out / EXPLANATIONS_FILE, index=False
     )
     summary: dict[str, object] = {

@@ -27,6 +27,8 @@ from ml.core.warehouse import Warehouse
 
 TABLE = "monitoring.requests"
 FILE_GLOB = "requests-*.jsonl"
+COPY_COLUMNS = ("texts_served", "texts_generated", "texts_fallback", "texts_template")
+"""Counts of a line's ``copy`` record (``ml.generation.bundles.copy_counts``), nullable integers."""
 
 
 class RequestLogError(ValueError):
@@ -60,6 +62,16 @@ def parse_line(text: str, file: str, line_no: int) -> dict[str, Any]:
         items = list(record.get("items") or [])
         scores = [float(s) for s in record.get("scores") or []]
         request = record.get("request") or {}
+        copy = record.get("copy")
+        counts = (
+            {
+                f"texts_{key}": int(copy.get(key) or 0)
+                for key in ("served", "generated", "fallback", "template")
+            }
+            if isinstance(copy, dict)
+            else dict.fromkeys(COPY_COLUMNS)
+        )
+        failures = copy.get("failures") if isinstance(copy, dict) else None
         return {
             "request_file": file,
             "line_no": line_no,
@@ -72,9 +84,27 @@ def parse_line(text: str, file: str, line_no: int) -> dict[str, Any]:
             "items": json.dumps([str(i) for i in items]),
             "scores": json.dumps(scores),
             "latency_ms": float(record.get("latency_ms") or 0.0),
+            **counts,
+            "check_failures": None
+            if failures is None
+            else json.dumps({str(r): int(n) for r, n in dict(failures).items()}, sort_keys=True),
         }
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RequestLogError(f"{file}, line {line_no}: not a request log record ({error})") from error
+
+
+def _add_new_columns(warehouse: Warehouse, con: Any) -> None:
+    """A warehouse whose table predates a column of ``schemas.SERVING_REQUESTS`` gets it (NULL in
+    old rows): ``ensure_tables`` only creates missing tables. Both engines know ADD COLUMN IF NOT
+    EXISTS."""
+    from ml.core.schemas import SERVING_REQUESTS, SQL_TYPES
+
+    types = SQL_TYPES[warehouse.engine]
+    for column in SERVING_REQUESTS:
+        if column.name in COPY_COLUMNS or column.name == "check_failures":
+            warehouse.execute(
+                con, f"alter table {TABLE} add column if not exists {column.name} {types[column.type]}"
+            )
 
 
 def _new_lines(path: Path, after: int) -> list[tuple[int, str]]:
@@ -110,6 +140,7 @@ def load_request_logs(
     summary = LoadSummary(batch_id)
     with warehouse.connect() as con:
         warehouse.ensure_tables(con)
+        _add_new_columns(warehouse, con)
         warehouse.execute(con, f"delete from {TABLE} where batch_id = :batch", {"batch": batch_id})
         loaded = warehouse.read(
             f"select request_file, max(line_no) as last from {TABLE} group by request_file", con=con
@@ -125,7 +156,8 @@ def load_request_logs(
             frame = pd.DataFrame(rows)
             # /ask and /bundle carry no k: a column with gaps would turn float and PostgreSQL's
             # COPY refuses "10.0" for a bigint; the nullable integer writes 10 and NULL.
-            frame["k"] = pd.to_numeric(frame["k"], errors="coerce").astype("Int64")
+            for column in ("k", *COPY_COLUMNS):
+                frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
             frame["batch_id"] = batch_id
             frame["loaded_at"] = datetime.now(UTC).replace(tzinfo=None)
             warehouse.insert(con, TABLE, frame)
@@ -163,3 +195,74 @@ def reference_batch(model_version: str, settings: Settings | None = None) -> str
         {"version": model_version, "least": settings.min_monitored_requests},
     )
     return None if found.empty else str(found.iat[0, 0])
+
+
+def copy_quality(batch_id: str, settings: Settings | None = None) -> dict[str, Any] | None:
+    """What the texts served in one batch were, per endpoint and over all: counts and rates.
+
+    ``fallback_rate``: of the texts served, the share where the generator's text failed the
+    grounding check and the template was served instead; ``check_failure_rate``: of the texts the
+    generator wrote, the share that failed the check (``fallback / (generated + fallback)``);
+    ``template_rate``: served as templates without a generation; ``failures``: failed rules
+    counted over the batch. None when no line of the batch carries copy counts.
+    """
+    warehouse = Warehouse(settings or get_settings())
+    frame = warehouse.read(
+        f"select endpoint, texts_served, texts_generated, texts_fallback, texts_template, check_failures "
+        f"from {TABLE} where batch_id = :batch and texts_served is not null",
+        {"batch": batch_id},
+    )
+    if frame.empty:
+        return None
+
+    def rates(part: pd.DataFrame) -> dict[str, Any]:
+        served, generated, fallback, template = (int(part[c].sum()) for c in COPY_COLUMNS)
+        failures: dict[str, int] = {}
+        for text in part["check_failures"].dropna():
+            for rule, n in json.loads(text).items():
+                failures[rule] = failures.get(rule, 0) + int(n)
+        written = generated + fallback
+
+        def share(n: int, of: int) -> float | None:
+            return round(n / of, 4) if of else None
+
+        return {
+            "requests": len(part),
+            "served": served,
+            "generated": generated,
+            "fallback": fallback,
+            "template": template,
+            "generated_rate": share(generated, served),
+            "fallback_rate": share(fallback, served),
+            "template_rate": share(template, served),
+            "check_failure_rate": share(fallback, written),
+            "failures": dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))),
+        }
+
+    return {
+        "all": rates(frame),
+        "endpoints": {str(e): rates(part) for e, part in frame.groupby("endpoint", sort=True)},
+    }
+
+
+def copy_note(quality: dict[str, Any] | None) -> str:
+    """One line for a run's notes: the batch's served texts and their fallback/check-failure rates."""
+    if not quality:
+        return "no generated or template texts served in this batch: copy rates not computed"
+    total = quality["all"]
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    parts = [
+        f"{e} {q['served']} (fallback {pct(q['fallback_rate'])}, "
+        f"check failures {pct(q['check_failure_rate'])})"
+        for e, q in quality["endpoints"].items()
+    ]
+    rules = ", ".join(f"{r} {n}" for r, n in list(total["failures"].items())[:4])
+    return (
+        f"copy served: {total['served']} texts, generated {pct(total['generated_rate'])}, "
+        f"fallback {pct(total['fallback_rate'])}, template {pct(total['template_rate'])}; "
+        f"check failures {pct(total['check_failure_rate'])} of {total['generated'] + total['fallback']} "
+        f"generated" + (f" ({rules})" if rules else "") + "; " + "; ".join(parts)
+    )

@@ -16,6 +16,11 @@ One monitoring run judges one data interval ``[start, end)`` for the champion:
   whose recommendations contain an item they then interacted with (hit rate), against the
   champion's offline test recall@10.
 
+* **served copy** - of the texts the batch served (recommend reasons, bundle names and
+  descriptions, assistant answers), the shares generated, fallback (the generator's text failed the
+  grounding check, the template was served) and template, and the failed rules
+  (``request_logs.copy_quality``): ``copy`` in ``summary.json`` and a line in the notes.
+
 Both drift reports run Evidently's ``DataDriftPreset`` (normed Wasserstein distance for numbers,
 Jensen-Shannon for categories; per-column threshold ``drift_column_threshold``) on at most
 ``drift_sample_rows`` seeded-sampled rows a side, so an interval of a million rows takes seconds.
@@ -71,6 +76,9 @@ class MonitorResult:
     online: OnlineQuality | None
     report_dir: str
     notes: list[str] = field(default_factory=list)
+    copy: dict[str, Any] | None = None
+    """The batch's served texts: counts and fallback / check-failure rates, over all and per
+    endpoint (``request_logs.copy_quality``); None when none was served."""
 
     def alarms(self) -> list[str]:
         """Why this run thinks the model should be retrained (empty: all is well)."""
@@ -109,6 +117,7 @@ class MonitorResult:
             online=OnlineQuality(**online) if online else None,
             report_dir=value["report_dir"],
             notes=list(value.get("notes") or []),
+            copy=value.get("copy"),
         )
 
 
@@ -146,6 +155,10 @@ def monitor_interval(start: date, end: date, run_id: str, settings: Settings | N
     result = MonitorResult(
         run_id, str(start), str(end), version.tag if version else None, None, None, None, str(folder)
     )
+    # The served copy's rates are the batch's, whichever version served it (a swap mid-interval
+    # included): they judge the generator and its check, not the recommender.
+    result.copy = request_logs.copy_quality(run_id, settings)
+    result.notes.append(request_logs.copy_note(result.copy))
     if version is None:
         result.notes.append("no champion yet: nothing to monitor")
         _write_summary(result, folder)
