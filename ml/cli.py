@@ -237,6 +237,13 @@ def demo(
         typer.Option(help="Later-period intervals to replay and monitor (default: 4; all with --full-data)."),
     ] = None,
     traffic_users: Annotated[int, typer.Option(help="Shoppers per later interval sent to the Bento.")] = 300,
+    generator_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="LoRA steps of the generator's fine-tune beside the loop (finetune_generator; 0 skips it; "
+            "default: ml.flows.closed_loop.GENERATOR_STEPS)."
+        ),
+    ] = None,
     timings_json: Annotated[
         Path | None,
         typer.Option(help="Also write the phase times, total, load average and contents here (bench-demo)."),
@@ -249,6 +256,7 @@ def demo(
     a promoted challenger's Bento takes over. Ends with a summary."""
     from ml.data.summary import render, warehouse_summary
     from ml.flows.closed_loop import (
+        render_generator,
         render_models,
         render_monitoring,
         render_runs,
@@ -268,7 +276,13 @@ def demo(
         }
     )
     intervals = later_intervals if later_intervals is not None else (None if full_data else 4)
-    result = run_demo(settings, echo=typer.echo, later_intervals=intervals, traffic_users=traffic_users)
+    result = run_demo(
+        settings,
+        echo=typer.echo,
+        later_intervals=intervals,
+        traffic_users=traffic_users,
+        **({} if generator_steps is None else {"generator_steps": generator_steps}),
+    )
     typer.echo("")
     typer.echo(render_runs(result))
     typer.echo("")
@@ -278,6 +292,9 @@ def demo(
     typer.echo("")
     typer.echo(render_monitoring(result, settings))
     typer.echo("")
+    if result.generator:
+        typer.echo(render_generator(result))
+        typer.echo("")
     if result.showcase:
         typer.echo(render_showcase(result))
         typer.echo("")

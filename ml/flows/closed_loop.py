@@ -31,7 +31,7 @@ from ml.data.replay import replay
 from ml.data.transform import dbt_docs_generate
 from ml.flows.traffic import send_traffic
 from ml.monitoring.decision import monitoring_runs
-from ml.ops.local_airflow import LocalAirflow
+from ml.ops.local_airflow import AirflowRunError, LocalAirflow
 from ml.ops.progress import format_elapsed
 from serving.bento import build_bento, running_server
 from serving.client import auth_headers
@@ -39,7 +39,14 @@ from serving.client import auth_headers
 INGEST_DAG = "ingest_transform_validate"
 TRAIN_DAG = "train_recommender"
 MONITOR_DAG = "monitor_drift"
-DAGS = (INGEST_DAG, TRAIN_DAG, MONITOR_DAG)
+GENERATOR_DAG = "finetune_generator"
+DAGS = (INGEST_DAG, TRAIN_DAG, MONITOR_DAG, GENERATOR_DAG)
+
+GENERATOR_STEPS = 30
+"""LoRA steps of the demo's generator fine-tune (``shopflow demo --generator-steps``; 0: none)."""
+GENERATOR_EVAL = {"eval_items": 6, "eval_sets": 4, "eval_per_kind": 6}
+"""The demo's held-out evaluation of base vs tuned: small, so it finishes beside the later
+intervals on 2 cores (``make bench-generation`` measures on many more texts)."""
 
 
 @dataclass
@@ -55,6 +62,8 @@ class DemoResult:
     serving_now: str | None = None
     showcase: list[str] = field(default_factory=list)
     """What a shopper sees from the live Bento at the end: /ask answers, a bundle, reasons."""
+    generator: dict[str, Any] = field(default_factory=dict)
+    """The demo's finetune_generator run: its id and state, the gate's decision, the evaluation."""
 
 
 def run_demo(
@@ -62,6 +71,7 @@ def run_demo(
     echo: Any = print,
     later_intervals: int | None = None,
     traffic_users: int = 300,
+    generator_steps: int = GENERATOR_STEPS,
 ) -> DemoResult:
     """Run the closed loop end to end through Airflow's scheduler and return what ran.
 
@@ -71,6 +81,8 @@ def run_demo(
         later_intervals: replay only this many intervals of the later period (None: all of it,
             up to ``replay_later_end``).
         traffic_users: shoppers per interval whose traffic is sent to the Bento.
+        generator_steps: LoRA steps of the generator's fine-tune (``finetune_generator``, run
+            beside the later intervals once the first champion serves); 0 skips it.
     """
 
     settings = settings or get_settings()
@@ -95,6 +107,7 @@ def run_demo(
         airflow.unpause(TRAIN_DAG)
         airflow.unpause(MONITOR_DAG)
         airflow.unpause(INGEST_DAG)
+        airflow.unpause(GENERATOR_DAG)  # schedule=None: runs only when triggered
         result.seconds["airflow_start"] = time.monotonic() - started - result.seconds["replay"]
         echo(f"    API on {airflow.base_url}; logs in {airflow.log_dir}")
 
@@ -121,7 +134,9 @@ def run_demo(
         result.seconds["train_runs_after_ingest"] = time.monotonic() - mark
 
         mark = time.monotonic()
-        _closed_loop(airflow, settings, result, echo, train_end, later_intervals, traffic_users)
+        _closed_loop(
+            airflow, settings, result, echo, train_end, later_intervals, traffic_users, generator_steps
+        )
         result.seconds["later_period_loop"] = time.monotonic() - mark
 
         result.runs = airflow.runs(INGEST_DAG)
@@ -155,6 +170,7 @@ def _closed_loop(
     start: date,
     limit: int | None,
     traffic_users: int,
+    generator_steps: int = 0,
 ) -> None:
     """Serve the champion and replay the later period: traffic → ingest → monitor → (retrain)."""
     intervals = partitions_between(
@@ -169,6 +185,12 @@ def _closed_loop(
     with running_server(bento, settings=settings) as server:
         serving = registry.champion(settings)
         echo(f"    {bento} ({serving}) on {server.base_url}, ready in {server.ready_s:.0f} s")
+        tuning = None
+        if generator_steps > 0:
+            # The generator learns the shop's catalog beside the loop (the idle share of the cores).
+            overrides = {"max_steps": generator_steps, **GENERATOR_EVAL}
+            tuning = airflow.trigger(GENERATOR_DAG, conf={"reason": "demo", "overrides": overrides})
+            echo(f"    {GENERATOR_DAG} ({generator_steps} LoRA steps) runs beside the loop: {tuning}")
         for done, (first, end) in enumerate(intervals):
             step = ("later intervals", done, len(intervals))
             replay(settings, start=first, end=end)
@@ -206,8 +228,62 @@ def _closed_loop(
             echo(f"    new champion {now}: {state}")
         elif retrainings:
             echo(f"    the challenger was not promoted: {serving} keeps serving")
+        if tuning is not None:
+            mark = time.monotonic()
+            try:
+                airflow.wait_for_runs(GENERATOR_DAG, run_ids=[tuning], timeout=2400, label=GENERATOR_DAG)
+                state = "success"
+            except AirflowRunError as error:  # the loop's result stands without the generator
+                state = f"failed: {error}"
+                echo(f"    {GENERATOR_DAG} {state}")
+            result.generator = generator_outcome(settings, tuning, state)
+            result.seconds["generator_wait"] = time.monotonic() - mark
         result.serving_now = _ask_version(server.base_url, settings)
         result.showcase = showcase(server.base_url, settings)
+
+
+def generator_outcome(settings: Settings, run_id: str, state: str | None) -> dict[str, Any]:
+    """What the demo's ``finetune_generator`` run decided and measured (from its run folder and
+    the generator ledger)."""
+    import json
+
+    from ml.core.artifacts import run_dir
+    from ml.training.generator import GENERATOR_DIR
+
+    outcome: dict[str, Any] = {"run_id": run_id, "state": state}
+    decisions = [d for d in registry.generator_decisions(settings) if d.get("run_id") == run_id]
+    if decisions:
+        outcome["decision"] = decisions[-1]
+    path = run_dir(run_id, settings) / GENERATOR_DIR / "evaluation.json"
+    if path.is_file():
+        outcome["evaluation"] = json.loads(path.read_text())
+    return outcome
+
+
+def render_generator(result: DemoResult) -> str:
+    """The generator's fine-tune: base vs tuned on held-out items, the gate, a few tuned texts."""
+    run = result.generator
+    lines = ["The generator (finetune_generator, beside the loop)", "-" * 51]
+    lines.append(f"  run {run.get('run_id')}: {run.get('state')}")
+    evaluation = run.get("evaluation") or {}
+    results = evaluation.get("results") or {}
+    metrics = ("raw_pass_rate", "leaf_exact", "top_level_accuracy", "brand_accuracy", "rouge_l")
+    if results:
+        lines.append(f"  held-out cases {evaluation.get('cases')}")
+        lines.append("  " + f"{'':<9}" + "".join(f"{m:>20}" for m in (*metrics, "tokens/s")))
+        for name, scores in results.items():
+            speed = (scores.get("speed") or {}).get("tokens_per_s")
+            cells = "".join(f"{float(scores.get(m, 0.0)):>20.3f}" for m in metrics)
+            lines.append(f"  {name:<9}{cells}{speed!s:>20}")
+    decision = run.get("decision")
+    if decision:
+        verdict = "promoted: /ask and bundle copy use it" if decision.get("promoted") else "not promoted"
+        lines.append(f"  gate: {verdict} ({decision.get('reason')})")
+    examples = ((results.get("tuned") or {}).get("examples") or {}).get("grounded") or []
+    if examples:
+        lines.append("  the tuned generator's own texts on held-out items (before the grounding check):")
+        lines += [f"    {e.get('kind')}: {e.get('text')!r}" for e in examples[:6]]
+    return "\n".join(lines)
 
 
 SHOWCASE_QUERY = "mascara"
@@ -383,6 +459,7 @@ PHASES = {
     "backfill_runs": "4 backfill of the replay window",
     "train_runs_after_ingest": "5 first training runs",
     "later_period_loop": "6 serve + later intervals",
+    "generator_wait": "  (of which: waiting for the generator)",
     "dbt_docs": "  dbt docs",
 }
 """Names of the demo's phases (keys of ``DemoResult.seconds``) in the timing table."""

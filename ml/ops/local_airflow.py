@@ -97,7 +97,10 @@ def airflow_env(
             ),
             "AIRFLOW__CORE__EXECUTOR": settings.airflow_executor,
             # Two cores: more parallel task processes only thrash (and the runs share the marts).
-            "AIRFLOW__CORE__PARALLELISM": "2",
+            # Three slots, not two: two long training tasks (a retraining and the generator's
+            # fine-tune) would otherwise hold both and stall the short warehouse tasks of the
+            # next interval for minutes.
+            "AIRFLOW__CORE__PARALLELISM": "3",
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             # New DAG files appear within seconds; edits are re-parsed every 10 s.
