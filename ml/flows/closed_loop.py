@@ -514,6 +514,21 @@ def timing_record(result: DemoResult, settings: Settings, load_at_start: tuple[f
     }
 
 
+def _served_copy(settings: Settings, run_id: str) -> str | None:
+    """The monitoring run's served-copy line (fallback and check-failure rates), if it kept one."""
+    import json
+
+    from ml.core.artifacts import safe_run_id
+    from ml.monitoring.request_logs import copy_note
+
+    path = settings.reports_dir / "monitoring" / safe_run_id(run_id) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return copy_note(summary.get("copy")) if "copy" in summary else None
+
+
 def render_monitoring(result: DemoResult, settings: Settings) -> str:
     """Drift per monitoring run, the decision taken, what served each interval, and the reports."""
 
@@ -546,6 +561,9 @@ def render_monitoring(result: DemoResult, settings: Settings) -> str:
         )
         if row.action != "none":
             lines.append(f"      {row.reason}")
+        copy = _served_copy(settings, str(row.run_id))
+        if copy is not None:
+            lines.append(f"      {copy}")
     if len(runs) > len(replayed):
         lines.append(
             f"  ({len(runs) - len(replayed)} scheduled run(s) for the present interval, after the "
