@@ -477,11 +477,23 @@ def _lora_phase(
 
     t0 = time.perf_counter()
     losses: list[float] = []
-    while len(losses) < config.auto_lora_steps and time.perf_counter() - t0 < step_budget:
+
+    def room() -> bool:
+        # Another step must fit: the slowest step so far is the guess for the next one.
+        spent = time.perf_counter() - t0
+        return len(losses) < config.auto_lora_steps and spent + slowest <= step_budget
+
+    slowest = 0.0
+    while room():
+        before = len(losses)
         for batch in trainer.batches():
+            mark = time.perf_counter()
             losses.append(trainer.step(batch).loss)
-            if len(losses) >= config.auto_lora_steps or time.perf_counter() - t0 >= step_budget:
+            slowest = max(slowest, time.perf_counter() - mark)
+            if not room():
                 break
+        if len(losses) == before:  # no training sequence at all
+            break
     step_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     trainer.refresh_item_cache()
