@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 SHOPFLOW_WORK_DIR ?= $(CURDIR)/.shopflow
 PORT ?= 3000
 
-.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-train_throughput bench-drift bench-serving bench-pii bench-demo clean bench-generation celery-local
+.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-review-text bench-train_throughput bench-drift bench-serving bench-pii bench-demo clean bench-generation celery-local
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench-data_pipeline: $(STAMP)  ## ingest + dbt + GX on the full Online Retail II
 
 bench-ranking: $(STAMP)  ## full Amazon Beauty leave-one-out, full catalog: ours vs popularity, item-kNN, SASRec; ties in file order and shuffled; encoder ablation on a slice
 	nice -n 10 $(BIN)/python bench/ranking.py
+
+bench-review-text: $(STAMP)  ## item text from training-period reviews (All_Beauty, Gift_Cards 2018): titles removed vs kept vs review text, ours vs popularity → bench/results/review_text.json
+	nice -n 10 $(BIN)/python bench/review_text.py
 
 bench-demo: $(STAMP)  ## the main job timed from cold in its own work dir (run on a quiet machine) → bench/results/demo.json
 	rm -rf $(CURDIR)/.shopflow/bench/demo
