@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ml.core.catalog import item_texts, normalize_categories
+from ml.modeling.review_text import ReviewProtocol, Summary, with_review_text
 from ml.modeling.splits import loo_labels, time_labels
 
 Protocol = Literal["loo", "time"]
@@ -189,7 +190,15 @@ class TrainingData:
 
 
 # -- constructors ------------------------------------------------------------------------------
-def from_frames(examples: pd.DataFrame, items: pd.DataFrame, source: str | None = None) -> TrainingData:
+def from_frames(
+    examples: pd.DataFrame,
+    items: pd.DataFrame,
+    source: str | None = None,
+    review_text: Literal["off", "titleless", "always"] = "titleless",
+    review_summary: Summary = "terms",
+    review_rating_weight: bool = False,
+    review_protocol: ReviewProtocol = "both",
+) -> TrainingData:
     """Build :class:`TrainingData` from frames shaped like the marts.
 
     Args:
@@ -199,6 +208,13 @@ def from_frames(examples: pd.DataFrame, items: pd.DataFrame, source: str | None 
         items: one row per catalog item with ``item_id`` and ``item_text`` (or ``title``,
             ``brand``, ``categories``, ``price``, ``description`` to assemble it from).
         source: keep only rows of this source when the frames have a ``source`` column.
+        review_text: when ``examples`` has a ``review_text`` column, items whose catalog text
+            has no title (``titleless``) or every item (``always``) get text summarised from
+            their training-period reviews (:mod:`ml.modeling.review_text`); ``off`` ignores it.
+        review_summary: ``terms`` (top TF-IDF words) or ``sentences``.
+        review_rating_weight: weight each review's words by its ``rating`` / 5.
+        review_protocol: which training events' reviews are read: ``both`` splits' (safe for
+            either protocol), ``loo`` or ``time`` (more text; evaluate only under that one).
 
     Raises:
         TrainingDataError: a required column is missing or empty.
@@ -240,6 +256,15 @@ def from_frames(examples: pd.DataFrame, items: pd.DataFrame, source: str | None 
     # Interactions with an item missing from the catalog still resolve (as dim_items does).
     for item in ex["item_id"].unique():
         text_of.setdefault(item, f"item {item}")
+    if review_text != "off" and "review_text" in ex.columns:
+        text_of = with_review_text(
+            ex,
+            text_of,
+            when=review_text,
+            method=review_summary,
+            rating_weight=review_rating_weight,
+            protocol=review_protocol,
+        )
     ordered_ids = sorted(text_of)
     item_ids = np.asarray([PAD_ID, *ordered_ids], dtype=object)
     texts = ["", *(text_of[i] for i in ordered_ids)]
