@@ -17,17 +17,26 @@ def read_training_frames(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The (examples, items) frames of one source, from the training marts.
 
-    ``marts.fct_training_examples`` gives the examples, ``marts.dim_items`` the items.
+    ``marts.fct_training_examples`` gives the examples, ``marts.dim_items`` the items. Each
+    event's review text comes from staging (the marts keep no free text; it was PII-scrubbed at
+    ingest): ``from_frames`` builds titleless items' text from the training events' reviews
+    (ml.modeling.review_text). A source without any review text gets no such column, so its
+    snapshot is what it was before reviews were read.
     """
 
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
         examples = warehouse.read(
-            "select user_id, item_id, position, event_ts, sequence_number, loo_split, time_split "
-            "from marts.fct_training_examples where source = :source order by user_id, position",
+            "select e.user_id, e.item_id, e.position, e.event_ts, e.sequence_number, e.loo_split, "
+            "e.time_split, e.rating, s.review_text "
+            "from marts.fct_training_examples e "
+            "left join staging.stg_shop__interactions s on s.interaction_id = e.interaction_id "
+            "where e.source = :source order by e.user_id, e.position",
             {"source": source},
             con,
         )
+        if examples["review_text"].isna().all():
+            examples = examples.drop(columns=["rating", "review_text"])
         items = warehouse.read(
             "select item_id, item_text from marts.dim_items where source = :source order by item_id",
             {"source": source},

@@ -3,6 +3,8 @@ reviews only, summarised to the encoder's budget, titled items and Beauty left a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -105,3 +107,36 @@ def test_shipped_beauty_texts_are_unchanged(dataset: str) -> None:
     off = from_frames(sample, items, review_text="off")
     assert default.item_texts == off.item_texts
     assert not any(t.startswith(PREFIX) for t in default.item_texts)
+
+
+@pytest.mark.slow
+def test_a_review_export_without_titles_trains_on_review_text(tmp_path: Path) -> None:
+    """The pipeline's way: land a shop's review export (no catalogue), ingest, dbt, snapshot."""
+    from ml.core.settings import Settings
+    from ml.data.ingest import ingest_interval
+    from ml.data.land import land
+    from ml.data.transform import dbt_build
+    from ml.training.snapshot import read_training_frames
+
+    settings = Settings(
+        work_dir=tmp_path / "work",
+        data_dir=PROJECT_DIR / "data",
+        warehouse="duckdb",
+        pii_salt="test-salt",  # type: ignore[arg-type]
+        sources={"reviews": "catalog"},
+        partition_grain="month",
+    )
+    raw = pd.read_parquet(ALL_BEAUTY)
+    export = tmp_path / "reviews.parquet"
+    raw[raw["timestamp"] >= pd.Timestamp("2016-01-01").timestamp()].to_parquet(export)
+    landed = land(export, "reviews", settings=settings)
+    ingest_interval(*landed.interval, run_id="test-reviews", settings=settings)
+    dbt_build("test-reviews", settings)
+    examples, items = read_training_frames(settings, "reviews")
+    assert examples["review_text"].notna().mean() > 0.9
+    data = from_frames(examples, items, source="reviews")
+    with_text = [t for t in data.item_texts[1:] if t.startswith(PREFIX)]
+    assert len(with_text) >= 0.4 * (data.num_items - 1), (len(with_text), data.num_items)
+    # Validation and test events' reviews stay out (every split label reached the frame).
+    held_out = examples[(examples["loo_split"] != "train") | (examples["time_split"] != "train")]
+    assert len(held_out) and review_texts(examples) == review_texts(examples.drop(index=held_out.index))
