@@ -26,6 +26,9 @@ Writes bench/results/review_text.json (figures, configs, machine and its load av
 
     make bench-review-text
     python bench/review_text.py --seeds 1 --epochs 5 --out /tmp/rt.json   # a quick smoke run
+    # rerun two rows with more patience and add them to the result:
+    python bench/review_text.py --variants "no text,review terms" --patience 15 \
+        --label ", patience 15" --merge
 """
 
 from __future__ import annotations
@@ -151,7 +154,19 @@ def main() -> int:
     parser.add_argument("--no-auto", action="store_true", help="skip the mode-auto row")
     parser.add_argument("--work-dir", type=Path, default=None, help="runs and the embedding cache (temp)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated variant names to train (default: all); with --merge, added to --out's rows",
+    )
+    parser.add_argument(
+        "--label", default="", help="suffix of the row names (e.g. ', patience 15' for a rerun)"
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="add the rows to the existing --out instead of replacing it"
+    )
     args = parser.parse_args()
+    chosen = set(args.variants.split(",")) if args.variants else None
 
     logging.basicConfig(level=logging.WARNING)
     from bench.ranking import machine, row
@@ -171,12 +186,16 @@ def main() -> int:
             f"\n{name}: {first.num_users} users, {first.num_items - 1} items, {first.num_interactions} events"
         )
         for variant, data in variants.items():
+            if chosen is not None and variant not in chosen:
+                continue
             runs = [train_row(data, config, seed, work) for seed in range(args.seeds)]
-            table[variant] = summarise(runs)
-            table[variant]["example_text"] = data.item_texts[1]
-            r = table[variant]
+            key = variant + args.label
+            table[key] = summarise(runs)
+            table[key]["example_text"] = data.item_texts[1]
+            table[key]["patience"] = args.patience
+            r = table[key]
             print(
-                f"  {variant:<36} NDCG@10 {r['ndcg@10']:.4f} ± {r['ndcg@10_std']:.4f}  "
+                f"  {key:<36} NDCG@10 {r['ndcg@10']:.4f} ± {r['ndcg@10_std']:.4f}  "
                 f"cov@10 {r['coverage@10']:.3f}  ({r['train_seconds']:.0f} s a run)",
                 flush=True,
             )
@@ -184,7 +203,7 @@ def main() -> int:
         print(f"  {'popularity':<36} NDCG@10 {pop['ndcg@10']:.4f}  cov@10 {pop['coverage@10']:.3f}")
         results[name] = table
 
-    if not args.no_auto:
+    if not args.no_auto and chosen is None:
         data = datasets()["All_Beauty"]["review terms"]
         auto = train_row(data, {**config, "mode": "auto"}, 0, work)
         results["All_Beauty"]["review terms, mode auto (seed 0)"] = auto
@@ -208,6 +227,13 @@ def main() -> int:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if args.merge and args.out.exists():
+        # A rerun of some rows joins the earlier result; its own machine and load are kept apart.
+        earlier = json.loads(args.out.read_text())
+        for name, table in results.items():
+            earlier["results"].setdefault(name, {}).update(table)
+        earlier.setdefault("reruns", []).append({k: v for k, v in payload.items() if k != "results"})
+        payload = earlier
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2, default=float))
     print(f"\nwrote {args.out} in {payload['wall_seconds']:.0f} s")
