@@ -88,6 +88,11 @@ bench-serving: $(STAMP)  ## the Bento under load (1/8/32 clients, recommend + se
 	-@$(WRK_INSTALL)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serving.py
 
+.PHONY: bench-ann
+bench-ann: $(STAMP)  ## exact vs HNSW item retrieval at 12k (real), 100k and 1M items (real + synthetic): build, memory, recall@10, p50/p99; then Bento start-up
+	HF_HUB_OFFLINE=1 nice -n 10 $(BIN)/python bench/ann.py
+	HF_HUB_OFFLINE=1 nice -n 10 $(BIN)/python bench/ann.py --startup 2
+
 bench-generation: $(STAMP)  ## the generator on CPU: tokens/s, latency, fine-tune, base vs tuned (understanding, copy, raw_pass_rate)
 	HF_HUB_OFFLINE=1 nice -n 10 $(BIN)/python bench/generation.py
 
