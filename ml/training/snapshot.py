@@ -26,16 +26,31 @@ def read_training_frames(
 
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
+        # Marts written without dbt (tests, a warehouse built before reviews were read) may lack
+        # the staging view or the interaction id: then there is no review text to read.
+        joinable = warehouse.read(
+            "select count(*) as n from information_schema.columns where "
+            "(table_schema = 'staging' and table_name = 'stg_shop__interactions' "
+            "and column_name = 'review_text') or (table_schema = 'marts' "
+            "and table_name = 'fct_training_examples' and column_name = 'interaction_id')",
+            {},
+            con,
+        )
+        reviews = int(joinable["n"].iloc[0]) == 2
+        columns = "e.user_id, e.item_id, e.position, e.event_ts, e.sequence_number, e.loo_split, e.time_split"
         examples = warehouse.read(
-            "select e.user_id, e.item_id, e.position, e.event_ts, e.sequence_number, e.loo_split, "
-            "e.time_split, e.rating, s.review_text "
+            f"select {columns}{', e.rating, s.review_text' if reviews else ''} "
             "from marts.fct_training_examples e "
-            "left join staging.stg_shop__interactions s on s.interaction_id = e.interaction_id "
-            "where e.source = :source order by e.user_id, e.position",
+            + (
+                "left join staging.stg_shop__interactions s on s.interaction_id = e.interaction_id "
+                if reviews
+                else ""
+            )
+            + "where e.source = :source order by e.user_id, e.position",
             {"source": source},
             con,
         )
-        if examples["review_text"].isna().all():
+        if reviews and examples["review_text"].isna().all():
             examples = examples.drop(columns=["rating", "review_text"])
         items = warehouse.read(
             "select item_id, item_text from marts.dim_items where source = :source order by item_id",
