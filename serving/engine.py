@@ -42,7 +42,7 @@ from ml.modeling.model import load
 from ml.retrieval.assistant import Assistant, AssistantConfig
 from ml.retrieval.facts import CatalogFacts
 from ml.retrieval.hybrid import DEFAULT_MODE, MODES, PERSONAL_MODE, HybridSearcher
-from serving.index import catalog_index, catalog_matrices
+from serving.index import catalog_index, catalog_matrices, read_user_vectors
 
 LOG_DIR_NAME = "serving_logs"
 
@@ -438,6 +438,14 @@ class ServingModel:
             if h
         }
         todo = sorted(keys)[: self.user_cache.size]
+        # Vectors the Bento build precomputed (serving/index.py) are read, not computed: start-up
+        # then costs a file read instead of a sequence-model pass per known user.
+        stored = read_user_vectors(self.version_dir, len(self.item_ids))
+        for key in todo:
+            if key in stored:
+                self.user_cache.put(key, stored[key])
+        warmed = len(todo)
+        todo = [key for key in todo if key not in stored]
         table = self.model.cached_table()
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
@@ -447,7 +455,7 @@ class ServingModel:
                 )
             for key, vector in zip(chunk, vectors, strict=True):
                 self.user_cache.put(key, vector)
-        return len(todo)
+        return warmed
 
     # -- helpers -------------------------------------------------------------------------------
     def _popularity(self) -> list[int]:
