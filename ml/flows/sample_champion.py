@@ -20,6 +20,9 @@ from ml.modeling.fit import train
 # A tiny but real recommender (packaged MiniLM frozen, one sequence layer): trains in seconds on
 # a CPU, so the serving tests and the serving benchmark can make their own champion.
 SAMPLE_CONFIG: dict[str, Any] = {
+    # Frozen: mode auto's CPU LoRA phase would add up to a minute to every session that needs a
+    # sample champion (the serving tests); the phase has its own tests (tests/model/test_mode_auto.py).
+    "mode": "frozen",
     "hidden": 32,
     "layers": 1,
     "heads": 2,

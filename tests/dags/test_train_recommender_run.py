@@ -22,7 +22,8 @@ def train_settings(tmp_path: Path) -> Settings:
         data_dir=PROJECT_DIR / "data",
         warehouse="duckdb",
         pii_salt="test-salt",  # type: ignore[arg-type]
-        train_overrides={"epochs": 3, "val_max_cases": None, "hidden": 32},
+        # frozen: the DAG is under test, not mode auto's CPU LoRA phase (tests/model/test_mode_auto.py)
+        train_overrides={"mode": "frozen", "epochs": 3, "val_max_cases": None, "hidden": 32},
         baselines=["popularity", "item_knn"],
     )
 

@@ -51,7 +51,8 @@ def _settings(root: Path, **overrides: Any) -> Settings:
     )
 
 
-GOOD = {"epochs": 3, "val_max_cases": None, "hidden": 32, "max_len": 10, "progress": False}
+GOOD = {"mode": "frozen", "epochs": 3, "val_max_cases": None, "hidden": 32, "max_len": 10, "progress": False}
+"""Frozen: the loop is under test, not mode auto's LoRA phase (up to a minute a training here)."""
 UNTRAINABLE = {**GOOD, "use_text": False, "lr": 0.0, "epochs": 1}
 """ID-only weights that never move: ranks at random. As the champion, any real challenger beats
 it; as the challenger, the gate must reject it (on 300 users two real models differ by noise)."""

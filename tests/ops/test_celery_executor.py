@@ -28,7 +28,14 @@ from ml.core.settings import PROJECT_DIR, Settings
 INGEST, TRAIN = "ingest_transform_validate", "train_recommender"
 # Two monthly partitions of real Beauty reviews (12,594 rows; 1,650 users with 3+ reviews).
 START, END = date(2013, 8, 1), date(2013, 10, 1)
-TRAIN_OVERRIDES = {"epochs": 2, "val_max_cases": None, "hidden": 32, "max_len": 10, "progress": False}
+TRAIN_OVERRIDES = {
+    "mode": "frozen",
+    "epochs": 2,
+    "val_max_cases": None,
+    "hidden": 32,
+    "max_len": 10,
+    "progress": False,
+}
 HEARTBEAT_TIMEOUT_S = 30
 
 
