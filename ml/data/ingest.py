@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,23 @@ log = logging.getLogger(__name__)
 INGEST_LOCK_KEY = 0x5F10_0001
 """PostgreSQL advisory lock that one ingest transaction holds at a time (any 64-bit number that
 no other writer of the warehouse uses)."""
+QUARANTINE_LOCK_KEY = 0x5F10_0002
+"""The same for the raw gate's write of ``quarantine.rows`` and the audit counts."""
+
+
+def hold_write_lock(warehouse: Warehouse, con: Any, key: int) -> None:
+    """One writer at a time of what ``key`` guards, until ``con``'s transaction ends.
+
+    Two runs of one interval at once (a manual run beside the scheduled one, a retry beside a run
+    thought dead) would each DELETE the interval's rows and INSERT them anew: under READ COMMITTED
+    the second DELETE does not see the first's uncommitted rows, so both sets stay
+    (tests/faults/test_concurrent_runs.py found 112 of 1,268 raw rows, and 1,108 of 1,108
+    quarantine rows, twice). On PostgreSQL a transaction-scoped advisory lock makes the second
+    wait, then replace the first's rows. DuckDB needs none: its processes already queue on the
+    file lock (warehouse.duckdb_lock).
+    """
+    if warehouse.engine == "postgres":
+        warehouse.execute(con, "SELECT pg_advisory_xact_lock(:key)", {"key": key})
 
 
 class ContractError(ValueError):
@@ -278,14 +296,7 @@ def ingest_interval(start: date, end: date, run_id: str, settings: Settings | No
 
     warehouse = Warehouse(settings)
     with warehouse.connect() as con:
-        if warehouse.engine == "postgres":
-            # Two runs of one interval at once (a manual run beside the scheduled one, a retry
-            # beside a run thought dead) would each DELETE the partition and INSERT it: under READ
-            # COMMITTED the second DELETE does not see the first's uncommitted rows, so both sets
-            # stay (tests/faults/test_concurrent_runs.py found 112 of 1,268 rows twice). One
-            # writer at a time, until commit.
-            # DuckDB needs none: its processes already queue on the file lock (warehouse.duckdb_lock).
-            warehouse.execute(con, "SELECT pg_advisory_xact_lock(:key)", {"key": INGEST_LOCK_KEY})
+        hold_write_lock(warehouse, con, INGEST_LOCK_KEY)
         warehouse.ensure_tables(con)
         log.info(
             "ingest %s [%s, %s): writing %d file(s) in one transaction", run_id, start, end, len(prepared)

@@ -25,6 +25,7 @@ from expectations._rules import rating_scale_parameters, rule_name, rule_reason
 from ml.core import schemas
 from ml.core.settings import Settings, get_settings
 from ml.core.warehouse import Warehouse
+from ml.data.ingest import QUARANTINE_LOCK_KEY, hold_write_lock
 from ml.data.quality.gx import (
     RAW_RESULT_FORMAT,
     ROW_ID,
@@ -344,6 +345,8 @@ def validate_raw(start: date, end: date, run_id: str, settings: Settings | None 
     ]
 
     with warehouse.connect() as con:
+        # Two gates of one interval at once would both delete, then both insert: doubled rows.
+        hold_write_lock(warehouse, con, QUARANTINE_LOCK_KEY)
         for outcome in outcomes:
             v = outcome.validation
             warehouse.execute(
