@@ -459,7 +459,7 @@ PHASES = {
     "backfill_runs": "4 backfill of the replay window",
     "train_runs_after_ingest": "5 first training runs",
     "later_period_loop": "6 serve + later intervals",
-    "generator_wait": "  (of which: waiting for the generator)",
+    "generator_wait": "  of which waiting for the generator",
     "dbt_docs": "  dbt docs",
 }
 """Names of the demo's phases (keys of ``DemoResult.seconds``) in the timing table."""
@@ -469,9 +469,12 @@ def render_timing(result: DemoResult) -> str:
     """The demo's wall time per phase, with its share of the total, and the total last."""
     lines = ["Wall time by phase", "------------------"]
     total = result.seconds.get("total") or sum(result.seconds.values())
-    for key, seconds in result.seconds.items():
-        if key == "total":
-            continue
+    # In PHASES order (a sub-phase under its phase), then any other key in the order it was timed.
+    keys = [k for k in PHASES if k in result.seconds] + [
+        k for k in result.seconds if k not in PHASES and k != "total"
+    ]
+    for key in keys:
+        seconds = result.seconds[key]
         share = f"{seconds / total:>4.0%}" if total else ""
         lines.append(f"  {PHASES.get(key, key):<34} {format_elapsed(seconds):>8}  {share}")
     lines.append(f"  {'total':<34} {format_elapsed(total):>8}")
@@ -509,6 +512,16 @@ def timing_record(result: DemoResult, settings: Settings, load_at_start: tuple[f
             "monitoring_runs": len(result.monitor_runs),
             # requests per endpoint per interval (``Traffic.as_dict``), summed over both
             "traffic_requests": sum(sum((t.get("requests") or {}).values()) for t in result.traffic),
+            # What of issues 11-13 the run held: the generator's fine-tune and the bundles,
+            # explanations and /ask answers of the showcase.
+            "generator_finetune": {
+                "run": result.generator.get("run_id"),
+                "state": result.generator.get("state"),
+                "promoted": (result.generator.get("decision") or {}).get("promoted"),
+            }
+            if result.generator
+            else None,
+            "showcase_lines": len(result.showcase),
             "serving_now": result.serving_now,
         },
     }
