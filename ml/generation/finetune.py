@@ -45,7 +45,7 @@ COPY_PROMPT = (
     "price band {band}."
 )
 THEME_PROMPT = "Products:\n{titles}\nWhat is the deepest category they all share?"
-TASKS = ("understanding", "copy", "theme")
+TASKS = ("understanding", "copy", "theme", "served")
 # Written beside a saved tuned model: its mode and base, so it is loaded the way it was saved.
 TUNED_FILE = "shopflow_tuned.json"
 
@@ -132,8 +132,11 @@ def understanding_pairs(items: pd.DataFrame) -> list[tuple[str, str]]:
     return pairs
 
 
-def _encode(generator: Generator, prompt: str, answer: str, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + answer + end token, and labels that score only the answer."""
+def _encode(generator: Generator, prompt: Any, answer: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + answer + end token, and labels that score only the answer.
+
+    ``prompt``: a user message, or the messages themselves (the served task's carry serving's
+    system prompt, so the model learns the formats under the prompt it is served with)."""
     tokenizer = generator.tokenizer
     prompt_ids: list[int] = tokenizer(chat_prompt(generator, prompt), add_special_tokens=False)["input_ids"]
     answer_ids: list[int] = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
@@ -313,19 +316,119 @@ def theme_pairs(items: pd.DataFrame, sets: Sequence[Sequence[int]]) -> list[tupl
     return pairs
 
 
+def _served_targets(kind: str, facts: Any, currency: str = "$") -> list[str]:
+    """Short texts of ``kind`` built from the facts alone, in a few phrasings (the model learns
+    the format and brevity, not one sentence; the template stays the fallback's)."""
+    from ml.generation.grounding import common_category, short_title
+
+    items = facts.items
+    titles = [short_title(i.title, max_words=5) or i.item_id for i in items]
+    if kind == "bundle_name":
+        theme = common_category(items)
+        # The root alone ("Beauty") names nothing: a set's name wants its shared leaf.
+        leaf = theme.split(">")[-1].strip() if theme and ">" in theme else None
+        brands = {i.brand for i in items if i.brand}
+        first = items[0].categories[-1] if items[0].categories else None
+        names = [f"{leaf} Set", f"{leaf} Essentials", f"The {leaf} Kit"] if leaf else []
+        if len(brands) == 1 and all(i.brand for i in items):
+            names.append(f"{next(iter(brands))} Favorites")
+        if first:
+            names += [f"{first} Starter Set", f"{first} and More"]
+        return names
+    if kind == "bundle_description":
+        total = facts.total_price
+        joined = titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
+        out = [f"{joined} go well together."]
+        if total is not None:
+            out += [
+                f"Get {joined} together for {currency}{total:.2f}.",
+                f"A set of {joined}, {currency}{total:.2f} in all.",
+            ]
+        return out
+    if kind == "explanation":
+        item, seen = titles[0], titles[1]
+        it, hist = items[0], items[1]
+        out = [f"Picked for you after {seen}."]
+        if it.brand and hist.brand and it.brand.casefold() == hist.brand.casefold():
+            out += [
+                f"You liked {seen}, and {item} is also by {it.brand}.",
+                f"More from {it.brand}, like {seen}.",
+            ]
+        shared = common_category([it, hist])
+        if shared and ">" in shared:
+            leaf = shared.split(">")[-1].strip()
+            out += [f"Like {seen}, {item} is in {leaf}.", f"Since you liked {seen}, try {item}."]
+        return out
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def served_pairs(
+    items: pd.DataFrame, related: Sequence[tuple[str, str]], n: int, *, seed: int = 0
+) -> list[tuple[Any, str]]:
+    """Up to ``n`` pairs of each served kind (bundle name, bundle description, explanation):
+    serving's own prompt (``bundles.prompt`` under its system prompt) from related training
+    items' facts, and a short target built from those facts that passes the grounding check.
+
+    The base fails mostly on length (it runs past the token budget or the word limit); these
+    targets teach the served formats on the catalog's real items. Held-out items must not be in
+    ``items`` (the evaluation's cases come from the held-out side).
+    """
+    from ml.generation.bundles import SYSTEM_PROMPT, explanation_facts, prompt
+    from ml.generation.grounding import BrandIndex, Facts, ItemFacts, check
+
+    records = {str(r["item_id"]): r for r in items.to_dict("records")}
+    usable = [(a, b) for a, b in related if a in records and b in records]
+    if not usable:
+        return []
+    brands = BrandIndex([str(r["brand"]) for r in records.values() if isinstance(r.get("brand"), str)])
+    partners: dict[str, list[str]] = {}
+    for a, b in usable:
+        partners.setdefault(a, []).append(b)
+    rng = random.Random(seed)
+    out: list[tuple[Any, str]] = []
+    for kind in ("bundle_name", "bundle_description", "explanation"):
+        made = 0
+        for a, b in rng.sample(usable, min(len(usable), 3 * n)):
+            if made >= n:
+                break
+            ids = [a, b]
+            if kind != "explanation":
+                more = [c for c in partners.get(a, []) if c not in ids]
+                if more and rng.random() < 0.5:
+                    ids.append(rng.choice(more))
+            facts_items = [ItemFacts.from_record(records[i]) for i in ids]
+            facts = (
+                explanation_facts(*facts_items) if kind == "explanation" else Facts(items=tuple(facts_items))
+            )
+            targets = [t for t in _served_targets(kind, facts) if check(t, facts, kind=kind, brands=brands)]
+            if not targets:
+                continue
+            messages = [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": prompt(kind, facts)},
+            ]
+            out.append((messages, rng.choice(targets)))
+            made += 1
+    return out
+
+
 def training_pairs(
     items: pd.DataFrame,
     tasks: Sequence[str] = TASKS,
     *,
     theme_sets: int | None = None,
     seed: int = 0,
-) -> list[tuple[str, str]]:
+    related: Sequence[tuple[str, str]] = (),
+    served_per_kind: int | None = None,
+) -> list[tuple[Any, str]]:
     """The pairs of the chosen tasks over ``items``, shuffled together (one mixed training set).
 
     Args:
         items: the training items (held-out items must not be in it).
-        tasks: any of ``understanding``, ``copy``, ``theme``.
+        tasks: any of ``understanding``, ``copy``, ``theme``, ``served``.
         theme_sets: sets for the theme task; None = one per item.
+        related: (item, earlier item) pairs of one user (the served task's bundles and
+            explanations); served_per_kind: its pairs per kind (None: one per training item / 3).
         seed: set sampling and the shuffle.
 
     Raises:
@@ -334,7 +437,10 @@ def training_pairs(
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown fine-tuning task(s) {sorted(unknown)}; expected some of {TASKS}")
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[Any, str]] = []
+    if "served" in tasks:
+        n = len(items) // 3 if served_per_kind is None else served_per_kind
+        pairs += served_pairs(items, related, n, seed=seed)
     if "understanding" in tasks:
         pairs += understanding_pairs(items)
     if "copy" in tasks:
