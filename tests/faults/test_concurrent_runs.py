@@ -126,9 +126,10 @@ def test_two_ingests_of_one_interval_at_once_equal_one(
     assert both.equals(single)
 
 
-# slow: in a clean-clone gate one of the two gates crashed while the other wrote the same GX
-# expectation suite file (GX's file stores are not safe for two writers), so the barrier waited its
-# 300 s for two waiting gates; it passed when run alone. Out of the gate until that race is fixed.
+# slow: in a clean-clone gate one of the two gates crashed reading the GX expectation suite file the
+# other was writing (GX's file stores are not safe for two writers), and the barrier waited its 300 s.
+# Fixed since (ml.data.quality.gx.project_lock: one validation at a time per GX project); the test
+# stays in the slow tier until more runs than this stop's few have shown the race gone.
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_raw_gates_of_one_interval_at_once_equal_one(tmp_path: Path, own_pg_database: str) -> None:

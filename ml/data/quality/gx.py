@@ -10,6 +10,8 @@ offline (``docs_offline``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,40 +128,44 @@ def run_checkpoint(
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.core.run_identifier import RunIdentifier
 
-    try:
-        datasource = context.data_sources.get(DATASOURCE)
-    except KeyError:
-        datasource = context.data_sources.add_pandas(DATASOURCE)
-    if asset in datasource.get_asset_names():
-        data_asset = datasource.get_asset(asset)
-    else:
-        data_asset = datasource.add_dataframe_asset(asset)
-    try:
-        batch = data_asset.get_batch_definition("whole_frame")
-    except KeyError:
-        batch = data_asset.add_batch_definition_whole_dataframe("whole_frame")
+    # The project's files (fluent config, suites, definitions, checkpoints, results, Data Docs)
+    # are rewritten in place by GX: two processes validating at once (two raw gates of one
+    # interval) read each other's half-written suite. One validation at a time per project.
+    with project_lock(context):
+        try:
+            datasource = context.data_sources.get(DATASOURCE)
+        except KeyError:
+            datasource = context.data_sources.add_pandas(DATASOURCE)
+        if asset in datasource.get_asset_names():
+            data_asset = datasource.get_asset(asset)
+        else:
+            data_asset = datasource.add_dataframe_asset(asset)
+        try:
+            batch = data_asset.get_batch_definition("whole_frame")
+        except KeyError:
+            batch = data_asset.add_batch_definition_whole_dataframe("whole_frame")
 
-    stored_suite = context.suites.add_or_update(suite)
-    definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=name, data=batch, suite=stored_suite)
-    )
-    checkpoint = context.checkpoints.add_or_update(
-        gx.Checkpoint(
-            name=name,
-            validation_definitions=[definition],
-            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])]
-            if update_docs
-            else [],
-            result_format=result_format,
+        stored_suite = context.suites.add_or_update(suite)
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=name, data=batch, suite=stored_suite)
         )
-    )
-    outcome = checkpoint.run(
-        batch_parameters={"dataframe": frame},
-        expectation_parameters=parameters or {},
-        run_id=RunIdentifier(run_name=run_id, run_time=datetime.now().astimezone()),
-    )
-    if update_docs:
-        _make_docs_offline(context)
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=name,
+                validation_definitions=[definition],
+                actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])]
+                if update_docs
+                else [],
+                result_format=result_format,
+            )
+        )
+        outcome = checkpoint.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=parameters or {},
+            run_id=RunIdentifier(run_name=run_id, run_time=datetime.now().astimezone()),
+        )
+        if update_docs:
+            _make_docs_offline(context)
     ((key, result),) = outcome.run_results.items()
     for expectation_result in result.results:
         info = expectation_result.exception_info or {}
@@ -172,6 +178,20 @@ def run_checkpoint(
     return key, result
 
 
+@contextmanager
+def project_lock(context: Any) -> Iterator[None]:
+    """Hold an ``flock`` on the GX project (``<root>/.shopflow.lock``) for one validation."""
+    import fcntl
+
+    path = Path(context.root_directory) / ".shopflow.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits: a validation takes seconds, not minutes
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _make_docs_offline(context: Any) -> None:
     site = data_docs_index(context)
     if site is not None:  # GX's pages load their CSS/JS from CDNs: point them at vendored copies
@@ -180,8 +200,9 @@ def _make_docs_offline(context: Any) -> None:
 
 def build_data_docs(context: Any) -> Path | None:
     """Rebuild the local Data Docs site once (offline assets included); returns its index."""
-    context.build_data_docs(site_names=[DOCS_SITE])
-    _make_docs_offline(context)
+    with project_lock(context):
+        context.build_data_docs(site_names=[DOCS_SITE])
+        _make_docs_offline(context)
     return data_docs_index(context)
 
 
@@ -205,7 +226,8 @@ def slim_stored_result(
             details["partial_unexpected_index_list"] = [
                 {column: list(values)[:sample] for column, values in partial[0].items()}
             ]
-    context.validation_results_store.set(key, result)
+    with project_lock(context):
+        context.validation_results_store.set(key, result)
 
 
 # -- raw: quarantine -----------------------------------------------------------------------------
