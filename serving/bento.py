@@ -153,6 +153,7 @@ def smoke_query(
     model_tag: str | None = None,
     settings: Settings | None = None,
     timeout_s: float = 180.0,
+    searchable: bool = True,
 ) -> dict[str, Any]:
     """Start ``bentoml serve <target>``, wait for /readyz, call every endpoint, stop it.
 
@@ -161,6 +162,8 @@ def smoke_query(
         model_tag: the version to serve when ``target`` is the import path (default: champion).
         settings: ShopFlow settings (the API token, when set, is sent).
         timeout_s: how long the server may take to become ready.
+        searchable: the model has a text encoder; False (an ID-only model): ``/search`` must
+            answer 501, and ``/similar`` is asked about the first recommended item instead.
 
     Returns:
         Timings and answers: ready_s, model_version, per-endpoint status and latency_ms.
@@ -175,7 +178,7 @@ def smoke_query(
         running_server(target, model_tag, settings, timeout_s) as server,
         httpx.Client(base_url=server.base_url, timeout=60, headers=auth_headers(settings)) as http,
     ):
-        return _query(http, server.ready_s)
+        return _query(http, server.ready_s, searchable)
 
 
 SMOKE_CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -187,11 +190,15 @@ the train DAG's smoke test over HTTP (:func:`smoke_query`) and the running Bento
 champion before it swaps it in (``serving.hot_swap``)."""
 
 
-def run_smoke(post: Callable[[str, dict[str, Any]], tuple[int, Any]]) -> dict[str, Any]:
+def run_smoke(
+    post: Callable[[str, dict[str, Any]], tuple[int, Any]], searchable: bool = True
+) -> dict[str, Any]:
     """Send the smoke queries through ``post(path, payload) -> (status, JSON body)``.
 
     Every endpoint must answer 200 with the model version and at least one item with a finite
-    score (a model whose weights are NaN answers 200 with nonsense: that is a failure too).
+    score (a model whose weights are NaN answers 200 with nonsense: that is a failure too). An
+    ID-only model (``searchable=False``) has no text to search: there ``/search`` must answer 501,
+    and ``/similar`` is asked about the first item ``/recommend`` returned.
 
     Returns:
         ``{"model_version": ..., "endpoints": {name: {"status", "latency_ms"}}}``.
@@ -210,19 +217,25 @@ def run_smoke(post: Callable[[str, dict[str, Any]], tuple[int, Any]]) -> dict[st
             "status": status,
             "latency_ms": round((time.perf_counter() - t) * 1000, 1),
         }
+        if path == "/search" and not searchable:
+            if status != 501:
+                raise RuntimeError(f"/search of an ID-only model answered {status}, not 501: {body}")
+            continue
         if status != 200:
             raise RuntimeError(f"{path} answered {status}: {str(body)[:500]}")
         items = body.get("items") if isinstance(body, dict) else None
         if not items or not all(math.isfinite(float(i["score"])) for i in items):
             raise RuntimeError(f"{path} answered no items or a non-finite score: {str(body)[:500]}")
         out["model_version"] = body["model_version"]
+        if path == "/recommend" and not searchable:
+            calls.append(("/similar", {"item_id": str(items[0]["item_id"]), "k": 5}))
         if path == "/search":
             first_item = str(items[0]["item_id"])
             calls.append(("/similar", {"item_id": first_item, "k": 5}))
     return out
 
 
-def _query(http: Any, ready_s: float) -> dict[str, Any]:
+def _query(http: Any, ready_s: float, searchable: bool) -> dict[str, Any]:
     def post(path: str, payload: dict[str, Any]) -> tuple[int, Any]:
         response = http.post(path, json=payload)
         try:
@@ -230,7 +243,7 @@ def _query(http: Any, ready_s: float) -> dict[str, Any]:
         except ValueError:
             return response.status_code, response.text
 
-    return {"ready_s": ready_s, **run_smoke(post)}
+    return {"ready_s": ready_s, **run_smoke(post, searchable)}
 
 
 def _stop(server: subprocess.Popen[Any]) -> None:

@@ -55,7 +55,7 @@ def smoke_engine(engine: ServingModel) -> dict[str, Any]:
         except ServingError as error:
             return error.status, {"error": error.message}
 
-    result = run_smoke(post)
+    result = run_smoke(post, searchable=engine.retriever is not None)
     if result.get("model_version") != engine.tag:
         raise RuntimeError(f"smoke queries were answered by {result.get('model_version')}, not {engine.tag}")
     return result

@@ -35,7 +35,8 @@ def smoke_test_challenger(decision: dict[str, Any], settings: Settings | None = 
     settings = settings or get_settings()
     tag = decision["challenger"]
     bento = build_bento(tag, settings)
-    return {"bento": bento, **smoke_query(bento, model_tag=tag, settings=settings)}
+    searchable = bool(registry.get(tag, settings).metadata["config"]["model"]["use_text"])
+    return {"bento": bento, **smoke_query(bento, model_tag=tag, settings=settings, searchable=searchable)}
 
 
 def promote_challenger(

@@ -168,3 +168,95 @@ def test_the_training_task_killed_mid_epoch_resumes_on_retry(tmp_path: Path) -> 
             _run(TASK, args, settings, tmp_path / "alone.log")
         results[name] = train_dir
     _same_run(results["killed"], results["alone"])
+
+
+def _marts_of_beauty_users(settings: Settings, users: int) -> None:
+    """marts.fct_training_examples / dim_items for a slice of real Beauty users, as dbt shapes them
+    (the train DAG's input; ingest is not under test here)."""
+    from ml.core.warehouse import Warehouse
+
+    examples, items = shipped_frames(PROJECT_DIR / "data")
+    keep = examples["user_id"].drop_duplicates().sample(users, random_state=0)
+    examples = examples[examples["user_id"].isin(set(keep))].assign(source="beauty")
+    items = items[items["item_id"].isin(set(examples["item_id"]))].assign(source="beauty")
+    with Warehouse(settings).connect() as con:
+        con.execute("create schema if not exists marts")
+        for name, frame in (("fct_training_examples", examples), ("dim_items", items)):
+            con.register("frame", frame)
+            con.execute(f"create or replace table marts.{name} as select * from frame")
+            con.unregister("frame")
+
+
+def _wait_for_checkpoint(airflow: Any, run_id: str, train_dir: Path, timeout_s: float = 1200.0) -> int:
+    """Wait until the ``train`` task is running and has saved its first checkpoint; its pid (the
+    process that runs the task's code: Airflow's supervisor forks it and records it on the task
+    instance, so killing it leaves the supervisor to report the attempt)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        [ti] = [t for t in airflow.task_instances(DAG_ID, run_id) if t["task_id"] == "train"]
+        assert ti["state"] not in {"success", "failed", "upstream_failed"}, ti
+        if ti["state"] == "running" and ti.get("pid") and (train_dir / "checkpoint.pt").exists():
+            return int(ti["pid"])
+        time.sleep(0.2)
+    pytest.fail(f"train of {run_id} saved no checkpoint within {timeout_s:.0f} s")
+
+
+DAG_ID = "train_recommender"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_the_train_task_killed_under_the_scheduler_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
+    """Issue 16, item 3, as production meets it: ``train_recommender`` through Airflow's real
+    scheduler (LocalAirflow), the ``train`` task's process SIGKILLed after its first checkpoint;
+    Airflow fails attempt 1, its retry (``retries=1``) resumes after the saved epoch and the run
+    ends in a promoted champion."""
+    import os
+    import signal
+
+    from ml import registry
+    from ml.core.artifacts import run_dir
+    from ml.ops.local_airflow import LocalAirflow
+
+    epochs = 12
+    settings = Settings(
+        work_dir=tmp_path / "work",
+        data_dir=PROJECT_DIR / "data",
+        warehouse="duckdb",
+        pii_salt="test-salt",  # type: ignore[arg-type]
+        # ID-only and small: each epoch of 3,000 users takes about a second, long enough to be
+        # killed inside one; the text encoder's fine-tuning has its own tests.
+        train_overrides={**SMALL, "epochs": epochs, "patience": epochs, "val_max_cases": None},
+        baselines=["popularity"],
+    )
+    _marts_of_beauty_users(settings, users=3000)
+    with LocalAirflow(settings, progress=False) as airflow:
+        airflow.wait_for_dag(DAG_ID)
+        airflow.unpause(DAG_ID)
+        run_id = airflow.trigger(DAG_ID, conf={"reason": "fault test"})
+        train_dir = run_dir(run_id, settings) / TRAIN
+        pid = _wait_for_checkpoint(airflow, run_id, train_dir)
+        os.kill(pid, signal.SIGKILL)
+        saved = torch.load(train_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"]
+        assert 1 <= saved < epochs, "the kill came after the last epoch: nothing to resume"
+
+        [run] = airflow.wait_for_runs(DAG_ID, run_ids=[run_id], timeout=1800)
+        assert run["state"] == "success"
+        tries = airflow.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/tries")
+        attempts = sorted((t["try_number"], t["state"]) for t in tries["task_instances"])
+        assert attempts == [(1, "failed"), (2, "success")], attempts
+        first = airflow.task_log_path(DAG_ID, run_id, "train", 1)
+        retry = airflow.task_log_path(DAG_ID, run_id, "train", 2)
+        assert first is not None and retry is not None and first != retry
+        retry_log = retry.read_text()
+        # The retry resumed after the checkpoint the kill left, not from epoch 0.
+        resumed = [int(m) for m in re.findall(r"resuming \S+ after epoch (\d+)", retry_log)]
+        assert resumed == [saved], retry_log[-3000:]
+        history = json.loads((train_dir / "history.json").read_text())
+        assert [h["epoch"] for h in history] == [float(e) for e in range(1, epochs + 1)]
+        states = {ti["task_id"]: ti["state"] for ti in airflow.task_instances(DAG_ID, run_id)}
+        assert set(states.values()) == {"success"}, states
+    assert registry.champion(settings) is not None
+    print(f"train killed (pid {pid}) after epoch {saved}; retry resumed after epoch {resumed[0]}")
