@@ -93,6 +93,26 @@ class Settings(BaseSettings):
     airflow_executor: str = Field(
         "LocalExecutor", description="Executor of the embedded runner's scheduler (AIRFLOW__CORE__EXECUTOR)."
     )
+    airflow_preload_modules: list[str] = Field(
+        default_factory=lambda: [
+            "pandas",
+            "pyarrow.parquet",
+            "duckdb",
+            "great_expectations",
+            "dbt.cli.main",
+            "dbt.adapters.duckdb",
+            "evidently",
+            "torch",
+            "transformers",
+            "ml.data.quality.gx",
+            "ml.monitoring.drift",
+            "ml.flows.train",
+            "ml.generation.finetune",
+        ],
+        description="Modules Airflow's scheduler and Celery workers import once before they fork "
+        "task processes, so each task starts with them (ml/ops/airflow_site/airflow_local_settings.py); "
+        "[] turns it off (JSON in the environment).",
+    )
 
     pii_salt: SecretStr | None = Field(
         None,

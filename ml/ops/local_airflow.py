@@ -81,7 +81,8 @@ def airflow_env(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "SHOPFLOW_"))}
     # The venv's bin first: Airflow components re-exec "airflow" and task code runs "dbt".
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    python_path = [str(project), str(project / "dags")]
+    # airflow_site: Airflow's local settings, which preload the tasks' libraries (see there).
+    python_path = [str(project), str(project / "dags"), str(project / "ml" / "ops" / "airflow_site")]
     if env.get("PYTHONPATH"):
         python_path.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(python_path)
