@@ -396,7 +396,17 @@ class LocalAirflow:
             "max_active_runs": max_active_runs,
             "reprocess_behavior": reprocess,
         }
-        return dict(self.api("POST", "/api/v2/backfills", body))
+        # On SQLite the API server refuses to create a backfill while another component holds the
+        # database (503 "Database is locked"): the scheduler does whenever a run has just ended,
+        # e.g. the bootstrap run's marts event scheduling training. Wait for it, a few times.
+        for attempt in range(1, 16):
+            try:
+                return dict(self.api("POST", "/api/v2/backfills", body))
+            except AirflowRunError as error:
+                if "Database is locked" not in str(error) or attempt == 15:
+                    raise
+                time.sleep(min(2.0 * attempt, 10.0))
+        raise AssertionError("unreachable")
 
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         """All runs of ``dag_id``, oldest first."""

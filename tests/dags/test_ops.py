@@ -360,3 +360,35 @@ def test_a_wait_without_progress_prints_nothing(
     monkeypatch.setattr(airflow, "api", api)
     assert airflow.wait_for_runs("d", timeout=5, poll=0.0) == [{"dag_run_id": "r", "state": "success"}]
     assert capsys.readouterr().out == ""
+
+
+def test_a_backfill_refused_while_sqlite_is_locked_is_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow's API answers 503 "Database is locked" to a backfill while the scheduler writes the
+    SQLite metadata (seen in the demo right after the bootstrap run): LocalAirflow asks again; any
+    other error is raised at once."""
+    airflow = LocalAirflow(Settings(work_dir=tmp_path / "work", pii_salt="x"))  # type: ignore[arg-type]
+    monkeypatch.setattr("ml.ops.local_airflow.time.sleep", lambda _s: None)
+    refusals = ["Database is locked. Backfill creation is not supported on SQLite."] * 2
+    calls = []
+
+    def api(method, path, body=None, params=None):  # LocalAirflow.api's signature
+        calls.append(path)
+        if refusals:
+            raise AirflowRunError(f"POST {path} -> HTTP 503: {refusals.pop()}")
+        return {"id": 7}
+
+    monkeypatch.setattr(airflow, "api", api)
+    assert airflow.backfill("d", date(2013, 10, 1), date(2014, 1, 1)) == {"id": 7}
+    assert calls == ["/api/v2/backfills"] * 3
+
+    def conflict(method, path, body=None, params=None):
+        calls.append(path)
+        raise AirflowRunError(f"POST {path} -> HTTP 409: a backfill is already running")
+
+    monkeypatch.setattr(airflow, "api", conflict)
+    calls.clear()
+    with pytest.raises(AirflowRunError, match="409"):
+        airflow.backfill("d", date(2013, 10, 1), date(2014, 1, 1))
+    assert len(calls) == 1
