@@ -84,7 +84,7 @@ bench-drift: $(STAMP)  ## Evidently drift at 1M and 10M lines (real + labelled s
 bench-train_throughput: $(STAMP)  ## samples/s and tokens/s of fine-tuning (frozen, lora, full); MFU on CUDA
 	$(BIN)/python bench/train_throughput.py
 
-bench-serving: $(STAMP)  ## the Bento under load (1/8/32 clients, recommend + search, wrk) vs the in-process call and a bare ASGI app; py-spy profile
+bench-serving: $(STAMP)  ## the Bento under load (1/8/32 clients, recommend, search, similar, bundle; /ask apart; wrk) vs the in-process call and a bare ASGI app; py-spy profile
 	-@$(WRK_INSTALL)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serving.py
 

@@ -39,7 +39,7 @@ def _error(status: int, message: str) -> Response:
 
 
 def create_app(engine: ServingModel) -> Starlette:
-    """A Starlette app answering ``/recommend``, ``/similar`` and ``/search`` from ``engine``.
+    """A Starlette app answering ``/recommend``, ``/similar``, ``/search`` and ``/bundle`` from ``engine``.
 
     Bodies are validated with the Bento's request models and answers serialised with its response
     models (pydantic, as BentoML does); a ServingError maps to its status with ``{"error": ...}``.
@@ -95,6 +95,16 @@ def create_app(engine: ServingModel) -> Starlette:
                 service.SearchResponse,
                 lambda b: engine.search(b.query, b.k, b.mode, b.user_id),
                 in_thread=True,  # a sync API in the Bento: it runs in a worker thread there too
+            ),
+            methods=["POST"],
+        ),
+        Route(
+            "/bundle",
+            endpoint(
+                service.BundleRequest,
+                service.BundleResponse,
+                lambda b: engine.bundle(b.item_id, b.user_id, b.title, b.category, b.brand, b.price, b.size),
+                in_thread=True,  # a sync API in the Bento, as /search
             ),
             methods=["POST"],
         ),

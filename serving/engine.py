@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,10 +39,14 @@ from ml.core.artifacts import HISTORIES_FILE, METADATA_FILE, read_histories, run
 from ml.core.pii import scrub, user_hash
 from ml.core.settings import Settings, get_settings
 from ml.modeling.model import load
-from ml.retrieval.assistant import Assistant, AssistantConfig
 from ml.retrieval.facts import CatalogFacts
 from ml.retrieval.hybrid import DEFAULT_MODE, MODES, PERSONAL_MODE, HybridSearcher
 from serving.index import catalog_index, catalog_matrices, read_user_vectors
+
+if TYPE_CHECKING:
+    # The assistant pulls in the generator's stack (transformers' causal-LM classes, peft): imported
+    # on the first /ask, not at every worker's start.
+    from ml.retrieval.assistant import Assistant
 
 LOG_DIR_NAME = "serving_logs"
 
@@ -886,6 +890,8 @@ class ServingModel:
         one is ready, else None and why (looked for again on later questions)."""
         if self.retriever is None:
             raise ServingError(501, f"model {self.tag} has no text encoder (ID-only): /ask is unavailable")
+        from ml.retrieval.assistant import Assistant, AssistantConfig
+
         assistant: Assistant | None = getattr(self, "_assistant", None)
         if assistant is None:
             combiner = self.query_combiner

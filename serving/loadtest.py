@@ -40,7 +40,7 @@ from serving.client import auth_headers
 MAX_CONCURRENCY = 256
 MAX_SECONDS = 600.0
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-ENDPOINTS = ("recommend", "search")
+ENDPOINTS = ("recommend", "search", "similar", "bundle")
 CLIENTS = ("raw", "httpx")
 
 # Short shopper queries (what a search box receives), none copied from the catalog.
@@ -439,11 +439,45 @@ def search_payloads(k: int = 10) -> list[dict[str, Any]]:
     return [{"query": q, "k": k} for q in SEARCH_QUERIES]
 
 
+def similar_payloads(version_dir: Path, n: int = 2000, k: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+    """``/similar`` bodies: items of the version's user histories (what shoppers look at), shuffled."""
+    import pandas as pd
+
+    path = Path(version_dir) / HISTORIES_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the version has no user histories to draw /similar items from")
+    items = pd.read_parquet(path, columns=["item_id"])["item_id"].astype(str).drop_duplicates()
+    items = items.sample(min(n, len(items)), random_state=seed)
+    return [{"item_id": i, "k": k} for i in items]
+
+
+def bundle_payloads(version_dir: Path, n: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """``/bundle`` bodies: the seeds of the version's packaged bundles, each at its packaged size
+    (served from the package: what a product page asks for), shuffled."""
+    import pandas as pd
+
+    from ml.generation.bundles import BUNDLES_DIR, BUNDLES_FILE
+
+    path = Path(version_dir) / BUNDLES_DIR / BUNDLES_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the version has no packaged bundles to ask /bundle for")
+    frame = pd.read_parquet(path, columns=["seed", "item_ids"])
+    frame = frame.sample(min(n, len(frame)), random_state=seed)
+    return [
+        {"item_id": str(s), "size": len(ids)} for s, ids in zip(frame["seed"], frame["item_ids"], strict=True)
+    ]
+
+
 def payloads_for(endpoint: str, version_dir: Path | None, k: int = 10) -> list[dict[str, Any]]:
+    """Request bodies for ``endpoint``; all but ``search`` draw on the served version's folder."""
     if endpoint == "search":
         return search_payloads(k)
     if version_dir is None:
-        raise ValueError("recommend needs the served version's folder (for its known users)")
+        raise ValueError(f"{endpoint} needs the served version's folder (its users, items or bundles)")
+    if endpoint == "similar":
+        return similar_payloads(version_dir, k=k)
+    if endpoint == "bundle":
+        return bundle_payloads(version_dir)
     return recommend_payloads(version_dir, k=k)
 
 
@@ -480,14 +514,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--model-dir",
         type=Path,
         default=None,
-        help="the served version's folder, for /recommend's users (default: the configured champion)",
+        help="the served version's folder, for /recommend's users, /similar's items and /bundle's "
+        "seeds (default: the configured champion)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the cells here")
     args = parser.parse_args(argv)
 
     settings = get_settings()
     version_dir = args.model_dir
-    if version_dir is None and "recommend" in args.endpoint:
+    if version_dir is None and set(args.endpoint) - {"search"}:
         tag = registry.champion(settings)
         if tag is None:
             parser.error(f"no champion in {settings.bentoml_home}: pass --model-dir")

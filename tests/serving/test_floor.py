@@ -28,6 +28,8 @@ def floor(served: Any, service_module: Any, tmp_path_factory: pytest.TempPathFac
 def test_floor_answers_what_the_bento_answers(
     floor: TestClient, served: Any, http_client: TestClient
 ) -> None:
+    from serving.loadtest import bundle_payloads
+
     user = str(served.examples["user_id"].iloc[0])
     item = served.history(user)[0]
     for path, body in [
@@ -35,6 +37,8 @@ def test_floor_answers_what_the_bento_answers(
         ("/recommend", {"recent_items": [item], "k": 3}),
         ("/similar", {"item_id": item, "k": 4}),
         ("/search", {"query": "mascara", "k": 3}),
+        # The benchmark's /bundle bodies: packaged seeds at their packaged size.
+        *[("/bundle", body) for body in bundle_payloads(served.version_dir, n=2)],
     ]:
         ours, bento = floor.post(path, json=body), http_client.post(path, json=body)
         assert ours.status_code == bento.status_code == 200, (path, ours.text, bento.text)

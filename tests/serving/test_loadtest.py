@@ -39,3 +39,24 @@ def test_a_refused_connection_counts_as_errors_not_a_crash() -> None:
     assert cell.requests > 0 and cell.errors == cell.requests
     assert "ConnectionRefused" in cell.error_examples[0]
     assert "search" in format_table([cell])
+
+
+def test_similar_and_bundle_bodies_come_from_the_version_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+    import pytest
+
+    from ml.core.artifacts import HISTORIES_FILE
+    from ml.generation.bundles import BUNDLES_DIR, BUNDLES_FILE
+    from serving.loadtest import payloads_for
+
+    pd.DataFrame(
+        {"user_id": ["u1", "u1", "u2"], "item_id": ["A", "B", "A"], "position": [0, 1, 0]}
+    ).to_parquet(tmp_path / HISTORIES_FILE)
+    (tmp_path / BUNDLES_DIR).mkdir()
+    pd.DataFrame({"seed": ["A", "B"], "item_ids": [["A", "C"], ["B", "C", "D"]]}).to_parquet(
+        tmp_path / BUNDLES_DIR / BUNDLES_FILE
+    )
+    assert sorted(p["item_id"] for p in payloads_for("similar", tmp_path, k=4)) == ["A", "B"]
+    assert sorted((p["item_id"], p["size"]) for p in payloads_for("bundle", tmp_path)) == [("A", 2), ("B", 3)]
+    with pytest.raises(ValueError, match="bundle needs the served version"):
+        payloads_for("bundle", None)
