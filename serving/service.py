@@ -40,6 +40,9 @@ from ml.core.settings import get_settings
 from ml.registry import MODEL_NAME, champion
 
 log = logging.getLogger(__name__)
+# BentoML's server logging passes INFO only for its own "bentoml" logger (the root stays at
+# WARNING), which hid what a worker serves (version, items, indexes) and what the follower swaps.
+logging.getLogger("serving").setLevel(logging.INFO)
 
 MAX_K = 100
 MAX_HISTORY = 200
