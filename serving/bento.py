@@ -185,7 +185,8 @@ SMOKE_CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("/recommend", {"recent_items": [], "user_id": "smoke-test-user", "k": 5}),
     ("/search", {"query": "moisturizing face cream", "k": 5}),
 )
-"""The smoke queries, in order; then ``/similar`` for the first item the search found. One list for
+"""The smoke queries, in order; then ``/similar`` for the first item the search found (for an
+ID-only model, which answers /search with 501: the first item recommended). One list for
 the train DAG's smoke test over HTTP (:func:`smoke_query`) and the running Bento's check of a new
 champion before it swaps it in (``serving.hot_swap``)."""
 
@@ -208,7 +209,9 @@ def run_smoke(
     """
     out: dict[str, Any] = {"endpoints": {}}
     calls = list(SMOKE_CALLS)
-    first_item: str | None = None
+    # /similar is asked about the first item of a text model's search, or of an ID-only one's
+    # recommendations.
+    similar_from = "/search" if searchable else "/recommend"
     while calls:
         path, payload = calls.pop(0)
         t = time.perf_counter()
@@ -227,11 +230,8 @@ def run_smoke(
         if not items or not all(math.isfinite(float(i["score"])) for i in items):
             raise RuntimeError(f"{path} answered no items or a non-finite score: {str(body)[:500]}")
         out["model_version"] = body["model_version"]
-        if path == "/recommend" and not searchable:
+        if path == similar_from:
             calls.append(("/similar", {"item_id": str(items[0]["item_id"]), "k": 5}))
-        if path == "/search":
-            first_item = str(items[0]["item_id"])
-            calls.append(("/similar", {"item_id": first_item, "k": 5}))
     return out
 
 

@@ -422,16 +422,21 @@ def run_wrk_cell(
     )
 
 
-def recommend_payloads(version_dir: Path, n: int = 2000, k: int = 10, seed: int = 0) -> list[dict[str, Any]]:
-    """``/recommend`` bodies for known users of a registered version (its histories.parquet), shuffled."""
+def _history_ids(version_dir: Path, column: str, n: int, seed: int, endpoint: str) -> list[str]:
+    """Up to ``n`` distinct values of ``column`` (user_id or item_id) of a registered version's
+    user histories (its histories.parquet), shuffled with ``seed``."""
     import pandas as pd
 
     path = Path(version_dir) / HISTORIES_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path}: the version has no user histories to draw /recommend users from")
-    users = pd.read_parquet(path, columns=["user_id"])["user_id"].astype(str).drop_duplicates()
-    users = users.sample(min(n, len(users)), random_state=seed)
-    return [{"user_id": u, "k": k} for u in users]
+        raise FileNotFoundError(f"{path}: the version has no user histories to draw {endpoint} bodies from")
+    ids = pd.read_parquet(path, columns=[column])[column].astype(str).drop_duplicates()
+    return list(ids.sample(min(n, len(ids)), random_state=seed))
+
+
+def recommend_payloads(version_dir: Path, n: int = 2000, k: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+    """``/recommend`` bodies for known users of a registered version, shuffled."""
+    return [{"user_id": u, "k": k} for u in _history_ids(version_dir, "user_id", n, seed, "/recommend")]
 
 
 def search_payloads(k: int = 10) -> list[dict[str, Any]]:
@@ -441,14 +446,7 @@ def search_payloads(k: int = 10) -> list[dict[str, Any]]:
 
 def similar_payloads(version_dir: Path, n: int = 2000, k: int = 10, seed: int = 0) -> list[dict[str, Any]]:
     """``/similar`` bodies: items of the version's user histories (what shoppers look at), shuffled."""
-    import pandas as pd
-
-    path = Path(version_dir) / HISTORIES_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: the version has no user histories to draw /similar items from")
-    items = pd.read_parquet(path, columns=["item_id"])["item_id"].astype(str).drop_duplicates()
-    items = items.sample(min(n, len(items)), random_state=seed)
-    return [{"item_id": i, "k": k} for i in items]
+    return [{"item_id": i, "k": k} for i in _history_ids(version_dir, "item_id", n, seed, "/similar")]
 
 
 def bundle_payloads(version_dir: Path, n: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
