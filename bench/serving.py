@@ -1,8 +1,9 @@
 """Benchmark: the Bento under load vs two floors, side by side in one run.
 
 For ``recommend`` (known users by id), ``search`` (short free-text queries), ``similar`` (items of
-the users' histories) and ``bundle`` (the seeds of the packaged bundles), at 1, 8 and 32
-concurrent clients for a fixed time each: p50/p95/p99 latency, requests/s and errors of
+the users' histories) and ``bundle`` (the seeds of the packaged bundles), and for the Bento's
+adaptive-batching twins ``recommend_batch`` and ``similar_batch`` (the same bodies, one per
+request, merged by BentoML's dispatcher), at 1, 8 and 32 concurrent clients for a fixed time each: p50/p95/p99 latency, requests/s and errors of
 ``bentoml serve serving.service:Recommender`` over loopback HTTP, and, in the same run,
 
 - the in-process floor: ``serving.engine.ServingModel`` called by as many threads (no HTTP; for
@@ -59,6 +60,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
 RESULTS = PROJECT_DIR / "bench" / "results" / "serving.json"
 ENDPOINTS = ("recommend", "search", "similar", "bundle")
+BATCHED = {"recommend_batch": ("recommend", "requests"), "similar_batch": ("similar", "queries")}
+"""The Bento's adaptive-batching endpoints: each client sends one single-endpoint body wrapped in a
+one-element list (the dispatcher merges concurrent ones), compared with the single endpoint's floors."""
 ASK_CONCURRENCY = (1, 4)
 ASK_QUESTIONS = (
     "do you have a red matte lipstick?",
@@ -314,12 +318,13 @@ def http_cells(
     payloads: dict[str, list[dict[str, Any]]],
     args: argparse.Namespace,
     token: str | None,
+    endpoints: Sequence[str] = ENDPOINTS,
 ) -> list[dict[str, Any]]:
     """Every (endpoint, clients) cell against one running server, with server and client CPU."""
     from serving.loadtest import run_cell, run_wrk_cell
 
     rows = []
-    for endpoint in ENDPOINTS:
+    for endpoint in endpoints:
         for n in args.concurrency:
             cpu = server_cpu_seconds(server.process.pid)
             if args.client == "wrk":
@@ -678,6 +683,8 @@ def main() -> int:
     settings, tag, version_dir, source = ensure_model(args.users)
     work = get_settings().work_dir / "bench" / "serving"
     payloads = {e: payloads_for(e, version_dir) for e in ENDPOINTS}
+    for batched, (single, key) in BATCHED.items():
+        payloads[batched] = [{key: [p]} for p in payloads[single]]
     token = settings.serving_api_token.get_secret_value() if settings.serving_api_token else None
     print(f"model {tag} ({source}); {len(payloads['recommend'])} users, {len(payloads['search'])} queries")
 
@@ -716,7 +723,7 @@ def main() -> int:
     print(f"bentoml serve ({args.client} client, {args.seconds:.0f} s per cell)", flush=True)
     with running_server(settings=settings, extra_env=server_env, log_dir=work / "serving_logs") as server:
         print(f"  ready in {server.ready_s} s on {server.base_url}", flush=True)
-        cells = http_cells("bento", server, payloads, args, token)
+        cells = http_cells("bento", server, payloads, args, token, [*ENDPOINTS, *BATCHED])
         profile: dict[str, Any] = {"skipped": "--profile-seconds 0"}
         if args.profile_seconds > 0:
             print(f"profiling the Bento under {max(args.concurrency)}-client recommend load", flush=True)
@@ -748,8 +755,9 @@ def main() -> int:
 
     asgi_by = {(r["endpoint"], r["concurrency"]): r for r in asgi_cells}
     for row in cells:
-        key = (row["endpoint"], row["concurrency"])
-        in_process = floor[row["endpoint"]][str(row["concurrency"])]
+        single = BATCHED.get(row["endpoint"], (row["endpoint"],))[0]  # a batched cell's floors: its single's
+        key = (single, row["concurrency"])
+        in_process = floor[single][str(row["concurrency"])]
         bare = asgi_by[key]
         row["floor_requests_per_s"] = in_process["requests_per_s"]
         row["ratio_to_floor"] = round(row["requests_per_s"] / in_process["requests_per_s"], 3)
@@ -829,7 +837,9 @@ def main() -> int:
         f"{args.warmup:.0f} s uncounted warm-up per cell; HTTP cells {args.seconds:.0f} s, floor cells "
         f"{args.floor_seconds:.0f} s; recommend = known users by id (k=10), whose "
         "vectors both sides precompute at start (ServingModel.warm_up); search = short queries (k=10); "
-        "similar = items of the users' histories (k=10); bundle = seeds of the version's packaged "
+        "similar = items of the users' histories (k=10); recommend_batch / similar_batch = the same bodies, "
+        "one per request in a one-element list, merged by BentoML's adaptive batching (compared with the "
+        "single endpoint's floors); bundle = seeds of the version's packaged "
         "bundles at their packaged size (served from the package); ask = shopper questions, 1 and 4 "
         f"Python clients, {args.ask_seconds:.0f} s each; "
         "floor = ServingModel called in-process by as many threads (run before the servers start); "

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -481,29 +481,47 @@ class ServingModel:
 
     def _search(self, index: Any, query: np.ndarray, k: int, exclude: set[int]) -> list[tuple[int, float]]:
         """Top-k (index, score) from a faiss index, skipping padding and excluded items."""
-        want = min(k + len(exclude) + 1, index.ntotal)
-        scores, ids = index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), want)
-        out = []
-        for i, s in zip(ids[0], scores[0], strict=True):
-            if i <= 0 or int(i) in exclude:
-                continue
-            out.append((int(i), float(s)))
-            if len(out) == k:
-                break
-        return out
+        return self._search_many(index, query.reshape(1, -1), [k], [exclude])[0]
+
+    def _search_many(
+        self, index: Any, queries: np.ndarray, ks: Sequence[int], excludes: Sequence[set[int]]
+    ) -> list[list[tuple[int, float]]]:
+        """:meth:`_search` for several queries in one faiss call (one matrix product when exact)."""
+        want = min(max(k + len(ex) for k, ex in zip(ks, excludes, strict=True)) + 1, index.ntotal)
+        scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), want)
+        answers = []
+        for row_ids, row_scores, k, exclude in zip(ids, scores, ks, excludes, strict=True):
+            out: list[tuple[int, float]] = []
+            for i, s in zip(row_ids, row_scores, strict=True):
+                if i <= 0 or int(i) in exclude:
+                    continue
+                out.append((int(i), float(s)))
+                if len(out) == k:
+                    break
+            answers.append(out)
+        return answers
 
     def _user_vector(self, history: list[int]) -> np.ndarray:
-        key = tuple(history[-self.model.config.max_len :])
-        cached = self.user_cache.get(key)
-        if cached is not None:
-            return cached
-        import torch
-
-        with self._sequence_lock, torch.inference_mode():
-            seqs = self.model.pad_histories([list(key)])
-            vector = self.model.user_vectors(seqs, self.model.cached_table())[0].float().cpu().numpy()
-        self.user_cache.put(key, vector)
+        vector: np.ndarray = self._user_vectors([history])[0]
         return vector
+
+    def _user_vectors(self, histories: Sequence[list[int]]) -> np.ndarray:
+        """User vectors (one row per history): cached ones looked up, the rest in one padded pass."""
+        max_len = self.model.config.max_len
+        keys = [tuple(h[-max_len:]) for h in histories]
+        found = [self.user_cache.get(key) for key in keys]
+        missing = sorted({key for key, vector in zip(keys, found, strict=True) if vector is None})
+        if missing:
+            import torch
+
+            with self._sequence_lock, torch.inference_mode():
+                seqs = self.model.pad_histories([list(key) for key in missing])
+                vectors = self.model.user_vectors(seqs, self.model.cached_table()).float().cpu().numpy()
+            computed = dict(zip(missing, vectors, strict=True))
+            for key, vector in computed.items():
+                self.user_cache.put(key, vector)
+            return np.stack([computed[k] if v is None else v for k, v in zip(keys, found, strict=True)])
+        return np.stack([v for v in found if v is not None])
 
     def _reasons(self, items: list[int], history: list[int]) -> list[tuple[str, Any, tuple[str, ...]]]:
         """For each item, the history item most similar to it (cosine), in one matrix product:
@@ -717,82 +735,136 @@ class ServingModel:
         knows nothing about gets the cold-start answer: the most popular items (and the response
         says so).
         """
+        query = {"user_id": user_id, "recent_items": recent_items, "k": k, "exclude_seen": exclude_seen}
+        return self.recommend_many([query])[0]
+
+    def recommend_many(self, queries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """:meth:`recommend` for several requests (keys as its arguments) at once: the users whose
+        vectors are not cached go through the sequence model in one padded pass, and every user is
+        scored against the catalog in one faiss call. Each request still gets its own log line."""
         from ml.generation import bundles as b
 
         started = time.perf_counter()
-        if user_id is None and not recent_items:
-            raise ServingError(
-                400, "give a user_id or a non-empty recent_items list (item ids, oldest first)"
-            )
-        if recent_items:
-            raw, source = [str(i) for i in recent_items], "recent_items"
-        else:
-            raw, source = self.histories.get(str(user_id), []), "user_history"
         index = self.model._index
-        history = [index[i] for i in raw if i in index]
-        unknown = [i for i in raw if i not in index]
-        seen = set(history) if exclude_seen else set()
-        if history:
-            strategy = "personalized"
-            found = self._search(self.table_index, self._user_vector(history), k, seen)
-            reasons = self._reasons([i for i, _ in found], history)
-            hits = [self._hit(i, s, r[0]) for (i, s), r in zip(found, reasons, strict=True)]
-            copy = b.copy_counts((status, rules) for _, status, rules in reasons)
-        else:
-            strategy = "cold_start_popular"
-            copy = b.copy_counts(())  # a fixed phrase, no copy
-            n = len(self.popular)
-            hits = [
-                self._hit(i, 1.0 - rank / n, "popular with other shoppers")
-                for rank, i in enumerate(self.popular[:k])
-            ]
-        note = None
-        if strategy.startswith("cold_start"):
-            note = (
-                f"user {user_id!r} is unknown to model {self.tag}: showing popular items"
-                if source == "user_history"
-                else "none of recent_items is in the catalog: showing popular items"
+        resolved = []
+        for q in queries:
+            user_id, recent = q.get("user_id"), q.get("recent_items")
+            if user_id is None and not recent:
+                raise ServingError(
+                    400, "give a user_id or a non-empty recent_items list (item ids, oldest first)"
+                )
+            if recent:
+                raw, source = [str(i) for i in recent], "recent_items"
+            else:
+                raw, source = self.histories.get(str(user_id), []), "user_history"
+            history = [index[i] for i in raw if i in index]
+            seen = set(history) if q.get("exclude_seen", True) else set()
+            resolved.append((q, raw, source, history, seen))
+        personal = [n for n, r in enumerate(resolved) if r[3]]
+        found_for: dict[int, list[tuple[int, float]]] = {}
+        if personal:
+            vectors = self._user_vectors([resolved[n][3] for n in personal])
+            ks = [int(resolved[n][0].get("k", 10)) for n in personal]
+            hits_lists = self._search_many(self.table_index, vectors, ks, [resolved[n][4] for n in personal])
+            found_for = dict(zip(personal, hits_lists, strict=True))
+        responses = []
+        for n, (q, raw, source, history, _seen) in enumerate(resolved):
+            user_id, k = q.get("user_id"), int(q.get("k", 10))
+            note = None
+            if history:
+                strategy = "personalized"
+                found = found_for[n]
+                reasons = self._reasons([i for i, _ in found], history)
+                hits = [self._hit(i, s, r[0]) for (i, s), r in zip(found, reasons, strict=True)]
+                copy = b.copy_counts((status, rules) for _, status, rules in reasons)
+            else:
+                strategy = "cold_start_popular"
+                copy = b.copy_counts(())  # a fixed phrase, no copy
+                total = len(self.popular)
+                hits = [
+                    self._hit(i, 1.0 - rank / total, "popular with other shoppers")
+                    for rank, i in enumerate(self.popular[:k])
+                ]
+                note = (
+                    f"user {user_id!r} is unknown to model {self.tag}: showing popular items"
+                    if source == "user_history"
+                    else "none of recent_items is in the catalog: showing popular items"
+                )
+            response = {
+                "model_version": self.tag,
+                "strategy": strategy,
+                "history_source": source,
+                "history_length": len(history),
+                "unknown_items": [i for i in raw if i not in index],
+                "note": note,
+                "items": [h.__dict__ for h in hits],
+            }
+            self._log(
+                "recommend",
+                started,
+                response,
+                user_id=user_id,
+                request={"k": k, "n_recent": len(raw)},
+                copy=copy,
             )
-        response = {
-            "model_version": self.tag,
-            "strategy": strategy,
-            "history_source": source,
-            "history_length": len(history),
-            "unknown_items": unknown,
-            "note": note,
-            "items": [h.__dict__ for h in hits],
-        }
-        self._log(
-            "recommend", started, response, user_id=user_id, request={"k": k, "n_recent": len(raw)}, copy=copy
-        )
-        return response
+            responses.append(response)
+        return responses
 
     def similar(self, item_id: str, k: int = 10) -> dict[str, Any]:
         """The k items closest (cosine) to an item: in the model's item space for warm items,
         in the encoder's text space for cold ones (as :meth:`Recommender.similar_items`)."""
+        answer = self.similar_many([{"item_id": item_id, "k": k}])[0]
+        if isinstance(answer, ServingError):
+            raise answer
+        return answer
+
+    def similar_many(self, queries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | ServingError]:
+        """:meth:`similar` for several ``{item_id, k}`` at once, one faiss call per item space; an
+        unknown item's answer is its 404 error (the others are answered)."""
         started = time.perf_counter()
-        i = self.model._index.get(str(item_id))
-        if i is None or i == 0:
-            raise ServingError(
-                404,
-                f"unknown item_id {item_id!r}: not in the catalog of model {self.tag} "
-                f"({len(self.item_ids) - 1} items); use /search to find items by text",
-            )
-        cold = self.text_index is not None and not self.warm[i]
-        if cold:
-            assert self.unit_text is not None
-            found = self._search(self.text_index, self.unit_text[i], k, {i})
-        else:
-            found = self._search(self.unit_table_index, self.unit_table[i], k, {i})
-        response = {
-            "model_version": self.tag,
-            "item_id": str(item_id),
-            "title": self.titles[i],
-            "space": "text" if cold else "model",
-            "items": [self._hit(j, s).__dict__ for j, s in found],
-        }
-        self._log("similar", started, response, request={"item_id": str(item_id), "k": k})
-        return response
+        answers: list[dict[str, Any] | ServingError] = []
+        spaces: dict[str, list[int]] = {"model": [], "text": []}
+        rows = []
+        for n, q in enumerate(queries):
+            item_id = str(q["item_id"])
+            i = self.model._index.get(item_id)
+            if i is None or i == 0:
+                answers.append(
+                    ServingError(
+                        404,
+                        f"unknown item_id {item_id!r}: not in the catalog of model {self.tag} "
+                        f"({len(self.item_ids) - 1} items); use /search to find items by text",
+                    )
+                )
+                rows.append(0)
+                continue
+            answers.append({})
+            rows.append(i)
+            cold = self.text_index is not None and not self.warm[i]
+            spaces["text" if cold else "model"].append(n)
+        for space, members in spaces.items():
+            if not members:
+                continue
+            items = [rows[n] for n in members]
+            if space == "text":
+                assert self.unit_text is not None
+                index, vectors = self.text_index, self.unit_text[items]
+            else:
+                index, vectors = self.unit_table_index, self.unit_table[items]
+            ks = [int(queries[n].get("k", 10)) for n in members]
+            found = self._search_many(index, vectors, ks, [{i} for i in items])
+            for n, i, hits in zip(members, items, found, strict=True):
+                item_id, k = str(queries[n]["item_id"]), int(queries[n].get("k", 10))
+                response = {
+                    "model_version": self.tag,
+                    "item_id": item_id,
+                    "title": self.titles[i],
+                    "space": space,
+                    "items": [self._hit(j, s).__dict__ for j, s in hits],
+                }
+                self._log("similar", started, response, request={"item_id": item_id, "k": k})
+                answers[n] = response
+        return answers
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised encoder vectors of free-text queries (one batch)."""

@@ -341,6 +341,24 @@ class SearchQuery(BaseModel):
     mode: SearchMode | None = Field(None, description=MODE_DESCRIPTION, json_schema_extra=_nullable_enum)
 
 
+class SimilarQuery(BaseModel):
+    """One /similar_batch element: the /similar body."""
+
+    model_config = ConfigDict(strict=True)
+
+    item_id: ItemId
+    k: K = 10
+
+
+class SimilarAnswer(BaseModel):
+    """One /similar_batch answer: the /similar response, or the error /similar would have given."""
+
+    item_id: str
+    status: int = Field(description="The status /similar would answer: 200, or 404 for an unknown item.")
+    error: str | None = Field(None, description="Why there is no result.", json_schema_extra=_nullable)
+    result: SimilarResponse | None = Field(None, json_schema_extra=_nullable)
+
+
 class SearchRequest(BaseModel):
     """The /search body: a query, optionally a method and a known user to personalise for."""
 
@@ -665,7 +683,18 @@ async def _unauthorized(send: Any, message: str) -> None:
 
 
 # -- the HTTP contract ----------------------------------------------------------------------------
-API_PATHS = frozenset({"/bundle", "/recommend", "/similar", "/search", "/search_batch", "/ask"})
+API_PATHS = frozenset(
+    {
+        "/bundle",
+        "/recommend",
+        "/recommend_batch",
+        "/similar",
+        "/similar_batch",
+        "/search",
+        "/search_batch",
+        "/ask",
+    }
+)
 DOCS_PATH = "/docs.json"
 ERROR_SCHEMA = "Error"
 ERROR_STATUSES = {
@@ -983,6 +1012,30 @@ class Recommender:
             return SimilarResponse(**self.engine.similar(item_id, k))
         except ServingError as error:
             raise _http_error(error) from error
+
+    # Adaptive batching (issue 14): concurrent requests the dispatcher merges are scored in one
+    # matrix product. One element per request is the usual body; clients may send several.
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=1000)
+    async def recommend_batch(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
+        """Several /recommend bodies; concurrent requests are merged into one scoring pass."""
+        queries = [r.model_dump() for r in requests]
+        return [RecommendResponse(**answer) for answer in self.engine.recommend_many(queries)]
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=1000)
+    async def similar_batch(self, queries: list[SimilarQuery]) -> list[SimilarAnswer]:
+        """Several /similar bodies, answered in one faiss call per item space; an unknown item gets
+        status 404 and its error in its own answer (the others are answered)."""
+        from serving.engine import ServingError
+
+        out = []
+        for q, answer in zip(
+            queries, self.engine.similar_many([q.model_dump() for q in queries]), strict=True
+        ):
+            if isinstance(answer, ServingError):
+                out.append(SimilarAnswer(item_id=q.item_id, status=answer.status, error=str(answer)))
+            else:
+                out.append(SimilarAnswer(item_id=q.item_id, status=200, result=SimilarResponse(**answer)))
+        return out
 
     @bentoml.api(input_spec=SearchRequest)
     def search(

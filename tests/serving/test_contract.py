@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-OURS = ("/recommend", "/similar", "/search", "/search_batch")
+OURS = ("/recommend", "/similar", "/search", "/search_batch", "/recommend_batch", "/similar_batch")
 MAX_EXAMPLES = 10
 SEED = 14
 
@@ -31,7 +31,7 @@ def test_schemathesis_all_checks_pass_against_the_served_bento(live_server: Any,
             "--checks",
             "all",
             "--include-path-regex",
-            "^/(recommend|similar|search|search_batch)$",
+            "^/(recommend|similar|search|search_batch|recommend_batch|similar_batch)$",
             "--max-examples",
             str(MAX_EXAMPLES),
             "--seed",
@@ -50,7 +50,7 @@ def test_schemathesis_all_checks_pass_against_the_served_bento(live_server: Any,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
-    assert "Tested: 4" in output, output[-3000:]
+    assert "Tested: 6" in output, output[-3000:]
     print(f"schemathesis: {time.monotonic() - started:.1f} s")
 
 

@@ -88,3 +88,25 @@ def test_search_batch_answers_each_query(client: TestClient) -> None:
     )
     assert response.status_code == 200, response.text
     assert [len(r["items"]) for r in response.json()] == [2, 4]
+
+
+def test_batch_endpoints_answer_each_element(client: TestClient, served: Any) -> None:
+    users = [str(u) for u in served.examples["user_id"].iloc[:2]]
+    response = client.post(
+        "/recommend_batch", json={"requests": [{"user_id": users[0], "k": 2}, {"user_id": users[1], "k": 4}]}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [len(r["items"]) for r in body] == [2, 4]
+    single = client.post("/recommend", json={"user_id": users[1], "k": 4}).json()
+    assert [h["item_id"] for h in body[1]["items"]] == [h["item_id"] for h in single["items"]]
+    assert client.post("/recommend_batch", json={"requests": [{"k": 2}]}).status_code == 400
+
+    item = str(served.examples["item_id"].iloc[0])
+    answers = client.post(
+        "/similar_batch", json={"queries": [{"item_id": item, "k": 3}, {"item_id": "NOT-AN-ITEM"}]}
+    )
+    assert answers.status_code == 200, answers.text
+    found, missing = answers.json()
+    assert found["status"] == 200 and len(found["result"]["items"]) == 3 and found["error"] is None
+    assert missing["status"] == 404 and missing["result"] is None and "/search" in missing["error"]

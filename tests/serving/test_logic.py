@@ -11,7 +11,7 @@ import pytest
 
 from ml.core.pii import user_hash
 from ml.core.settings import Settings
-from serving.engine import ServingError, ServingModel
+from serving.engine import _LRU, ServingError, ServingModel
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,45 @@ def test_hot_users_hit_the_cache(engine: ServingModel, served: Any) -> None:
     again = engine.recommend(user_id=user, k=5)
     assert engine.user_cache.hits == hits + 1
     assert again["items"] == first["items"]
+
+
+def _same_answer(one: dict[str, Any], other: dict[str, Any]) -> None:
+    """Equal answers, scores to float32 noise (a batched matrix product may round differently)."""
+    strip = [{**h, "score": None} for h in one["items"]], [{**h, "score": None} for h in other["items"]]
+    assert strip[0] == strip[1]
+    assert [h["score"] for h in one["items"]] == pytest.approx([h["score"] for h in other["items"]], abs=1e-5)
+    assert {k: v for k, v in one.items() if k != "items"} == {k: v for k, v in other.items() if k != "items"}
+
+
+def test_batched_and_unbatched_answers_are_identical(engine: ServingModel, served: Any) -> None:
+    """Merged requests (adaptive batching: one padded model pass for the uncached users, one faiss
+    call for all) answer exactly what each request gets alone."""
+    users = [str(u) for u in served.examples["user_id"].iloc[10:16]]
+    queries: list[dict[str, Any]] = [{"user_id": u, "k": 3 + n} for n, u in enumerate(users)]
+    queries += [
+        {"user_id": users[0], "k": 20, "exclude_seen": False},
+        {"recent_items": served.history(users[1])[:2], "k": 5},
+        {"recent_items": served.history(users[2])[-3:] + ["NOT-AN-ITEM"], "k": 7},
+        {"user_id": "nobody-at-all", "k": 4},
+        {"recent_items": ["NOT-AN-ITEM"], "k": 2},
+    ]
+    alone = [engine.recommend(**q) for q in queries]
+    engine.user_cache = _LRU(engine.user_cache.size)  # the batch computes its own user vectors
+    batched = engine.recommend_many(queries)
+    assert len(batched) == len(queries)
+    for one, other in zip(alone, batched, strict=True):
+        _same_answer(one, other)
+    assert [len(a["items"]) for a in batched] == [q["k"] for q in queries]
+    assert {a["strategy"] for a in batched} == {"personalized", "cold_start_popular"}
+
+    items = [str(i) for i in served.examples["item_id"].iloc[:4]] + [served.cold_items[0], "NOT-AN-ITEM"]
+    similar = engine.similar_many([{"item_id": i, "k": 3 + n} for n, i in enumerate(items)])
+    for n, (item, answer) in enumerate(zip(items[:-1], similar[:-1], strict=True)):
+        assert isinstance(answer, dict)
+        _same_answer(engine.similar(item, k=3 + n), answer)
+    assert similar[-2]["space"] == "text"  # type: ignore[index]
+    missing = similar[-1]
+    assert isinstance(missing, ServingError) and missing.status == 404
 
 
 def test_similar_items_warm_and_cold(engine: ServingModel, served: Any) -> None:
