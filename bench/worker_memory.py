@@ -49,6 +49,8 @@ from ml.modeling.model import CONFIG_FILE, ITEMS_FILE, WEIGHTS_FILE  # noqa: E40
 
 RESULTS = PROJECT_DIR / "bench" / "results" / "worker_memory.json"
 NOISE = 0.5
+NEVER_ANN = 10**12
+"""An ANN threshold no catalog reaches: exact indexes."""
 SKIPPED_IN_COPY = ("model", "precomputed", "ann")
 
 
@@ -238,7 +240,7 @@ def main() -> int:
             folder = grown_version(version, size, work / f"v{size}")
         items = len(json.loads((folder / "model" / ITEMS_FILE).read_text())["item_ids"]) - 1
         hnsw = ann_min <= items <= args.hnsw_max_items
-        min_items = ann_min if hnsw else max(ann_min, items + 1)  # exact above --hnsw-max-items
+        min_items = ann_min if hnsw else NEVER_ANN  # exact above --hnsw-max-items
         t = time.perf_counter()
         manifest = prepare_version(folder, min_items)
         build = {
