@@ -3,8 +3,9 @@
 For ``recommend`` (known users by id), ``search`` (short free-text queries), ``similar`` (items of
 the users' histories) and ``bundle`` (the seeds of the packaged bundles), and for the Bento's
 adaptive-batching twins ``recommend_batch`` and ``similar_batch`` (the same bodies, one per
-request, merged by BentoML's dispatcher), at 1, 8 and 32 concurrent clients for a fixed time each: p50/p95/p99 latency, requests/s and errors of
-``bentoml serve serving.service:Recommender`` over loopback HTTP, and, in the same run,
+request, merged by BentoML's dispatcher), at 1, 8 and 32 concurrent clients for a fixed time
+each: p50/p95/p99 latency, requests/s and errors of ``bentoml serve serving.service:Recommender``
+over loopback HTTP, and, in the same run,
 
 - the in-process floor: ``serving.engine.ServingModel`` called by as many threads (no HTTP; for
   search also one caller encoding batches of that size) -> ``ratio_to_floor`` in each cell;

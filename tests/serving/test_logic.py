@@ -98,7 +98,7 @@ def test_batched_and_unbatched_answers_are_identical(engine: ServingModel, serve
     queries += [
         {"user_id": users[0], "k": 20, "exclude_seen": False},
         {"recent_items": served.history(users[1])[:2], "k": 5},
-        {"recent_items": served.history(users[2])[-3:] + ["NOT-AN-ITEM"], "k": 7},
+        {"recent_items": [*served.history(users[2])[-3:], "NOT-AN-ITEM"], "k": 7},
         {"user_id": "nobody-at-all", "k": 4},
         {"recent_items": ["NOT-AN-ITEM"], "k": 2},
     ]
