@@ -364,7 +364,7 @@ def main() -> int:
         first = [t for t in tasks if _catalog_vectors(t) is None]
         futures: list[Future[tuple[str, str, dict[str, Any]]]] = [pool.submit(job, t) for t in first]
         encoder = TextEncoder()
-        path = cache_path(data, encoder, work / "embedding_cache")
+        path = cache_path(encoder, work / "embedding_cache")
         waited = 0.0
         while args.cache_wait and not path.exists() and waited < args.cache_wait:
             time.sleep(10)  # another process is encoding the same catalog (see --cache-wait)
