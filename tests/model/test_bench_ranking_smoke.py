@@ -1,0 +1,53 @@
+"""bench/ranking.py runs end to end on a small slice (make bench-ranking is long and no other test
+runs it: a refactor of ml/modeling once broke it unnoticed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_the_ranking_benchmark_runs_on_a_slice_and_writes_every_model(tmp_path: Path) -> None:
+    out = tmp_path / "ranking.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_DIR / "bench" / "ranking.py"),
+            "--users",
+            "300",
+            "--epochs",
+            "1",
+            "--ties",
+            "file",
+            "--no-ablation",
+            "--jobs",
+            "2",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            "--no-check",
+        ],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    result = json.loads(out.read_text())
+    rows = result["tables"]["ties_file"]
+    assert set(rows) == {"Popularity", "Item-kNN", "SASRec (ID-only)", "ShopFlow (text+ID)"}
+    for name, row in rows.items():
+        assert 0.0 <= row["ndcg@10"] <= row["recall@10"] <= 1.0, name
+    assert result["configs"]["shopflow"]["loss"] == result["configs"]["sasrec"]["loss"]
+    assert result["users"] == 300
