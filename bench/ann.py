@@ -111,18 +111,23 @@ def real_vectors(version: Path, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
     return np.ascontiguousarray(items, dtype=np.float32), queries[:TUNE_QUERIES], queries[TUNE_QUERIES:]
 
 
+def around(real: np.ndarray, parents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One SYNTHETIC row per parent: ``real[parent]`` plus Gaussian noise of per-dimension standard
+    deviation ``NOISE x |parent| / sqrt(dim)``, rescaled to the parent's norm."""
+    base = real[parents]
+    norms = np.linalg.norm(base, axis=1)
+    noise = rng.standard_normal(base.shape).astype(np.float32)
+    x = base + noise * (NOISE * norms / np.sqrt(base.shape[1]))[:, None]
+    x *= (norms / np.maximum(np.linalg.norm(x, axis=1), 1e-12))[:, None]
+    return x.astype(np.float32)
+
+
 def synthetic(real: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` SYNTHETIC items around real ones (see the module docstring), in chunks to bound memory."""
-    norms = np.linalg.norm(real, axis=1)
-    dim = real.shape[1]
-    out = np.empty((n, dim), dtype=np.float32)
+    out = np.empty((n, real.shape[1]), dtype=np.float32)
     for start in range(0, n, 100_000):
         stop = min(n, start + 100_000)
-        parent = rng.integers(0, len(real), stop - start)
-        noise = rng.standard_normal((stop - start, dim)).astype(np.float32)
-        x = real[parent] + noise * (NOISE * norms[parent] / np.sqrt(dim))[:, None]
-        x *= (norms[parent] / np.maximum(np.linalg.norm(x, axis=1), 1e-12))[:, None]
-        out[start:stop] = x
+        out[start:stop] = around(real, rng.integers(0, len(real), stop - start), rng)
     return out
 
 

@@ -10,7 +10,7 @@ Catalogs:
   of a benchmark store, else bench/serving.py's sample champion; see bench/ann.py find_version);
 - larger ones (default 100k and 1M): that version's model with SYNTHETIC items appended, seeded.
   Each copies a real item drawn uniformly: its ID embedding and its text embedding are the
-  parent's plus Gaussian noise rescaled to the parent's norm (bench/ann.py's recipe), its text is
+  parent's plus Gaussian noise rescaled to the parent's norm (bench/ann.py's ``around``), its text is
   the parent's text (so BM25 indexes real words), its id ``SYN-<n>``, warm if the parent is.
 
 Each catalog is first prepared by ``serving.index.prepare_version``, as the Bento build does
@@ -45,17 +45,13 @@ import numpy as np
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
+from bench.ann import around, find_version, load_average  # noqa: E402
 from ml.modeling.model import CONFIG_FILE, ITEMS_FILE, WEIGHTS_FILE  # noqa: E402
 
 RESULTS = PROJECT_DIR / "bench" / "results" / "worker_memory.json"
-NOISE = 0.5
 NEVER_ANN = 10**12
 """An ANN threshold no catalog reaches: exact indexes."""
 SKIPPED_IN_COPY = ("model", "precomputed", "ann")
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def memory_mb() -> dict[str, float]:
@@ -67,16 +63,6 @@ def memory_mb() -> dict[str, float]:
         "peak_rss_mb": round(int(fields["VmHWM"].split()[0]) / 1024, 1),
         "rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
     }
-
-
-def around(matrix: np.ndarray, parents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rows near ``matrix[parents]``: Gaussian noise, rescaled to each parent's norm."""
-    base = matrix[parents]
-    norms = np.linalg.norm(base, axis=1)
-    noise = rng.standard_normal(base.shape).astype(np.float32)
-    x = base + noise * (NOISE * norms / np.sqrt(base.shape[1]))[:, None]
-    x *= (norms / np.maximum(np.linalg.norm(x, axis=1), 1e-12))[:, None]
-    return x.astype(np.float32)
 
 
 def copied_version(version: Path, out: Path) -> Path:
@@ -216,7 +202,6 @@ def main() -> int:
 
     import torch
 
-    from bench.ann import find_version
     from serving.index import prepare_version
 
     started = time.perf_counter()

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -336,6 +336,19 @@ def assistant_generator(settings: Settings) -> tuple[Any, str | None]:
         else:
             _generators[name] = load_generator(name, cache_dir=cache)
         return _generators[name], None
+
+
+@dataclass
+class _Ask:
+    """One /recommend request once resolved (:meth:`ServingModel.recommend_many`)."""
+
+    user_id: str | None
+    k: int
+    raw: list[str]
+    source: str
+    history: list[int]
+    seen: set[int]
+    found: list[tuple[int, float]] = field(default_factory=list)
 
 
 class ServingModel:
@@ -746,69 +759,71 @@ class ServingModel:
 
         started = time.perf_counter()
         index = self.model._index
-        resolved = []
-        for q in queries:
-            user_id, recent = q.get("user_id"), q.get("recent_items")
-            if user_id is None and not recent:
-                raise ServingError(
-                    400, "give a user_id or a non-empty recent_items list (item ids, oldest first)"
-                )
-            if recent:
-                raw, source = [str(i) for i in recent], "recent_items"
-            else:
-                raw, source = self.histories.get(str(user_id), []), "user_history"
-            history = [index[i] for i in raw if i in index]
-            seen = set(history) if q.get("exclude_seen", True) else set()
-            resolved.append((q, raw, source, history, seen))
-        personal = [n for n, r in enumerate(resolved) if r[3]]
-        found_for: dict[int, list[tuple[int, float]]] = {}
+        asks = [self._resolve(q) for q in queries]
+        personal = [a for a in asks if a.history]
         if personal:
-            vectors = self._user_vectors([resolved[n][3] for n in personal])
-            ks = [int(resolved[n][0].get("k", 10)) for n in personal]
-            hits_lists = self._search_many(self.table_index, vectors, ks, [resolved[n][4] for n in personal])
-            found_for = dict(zip(personal, hits_lists, strict=True))
+            vectors = self._user_vectors([a.history for a in personal])
+            found = self._search_many(
+                self.table_index, vectors, [a.k for a in personal], [a.seen for a in personal]
+            )
+            for a, hits in zip(personal, found, strict=True):
+                a.found = hits
         responses = []
-        for n, (q, raw, source, history, _seen) in enumerate(resolved):
-            user_id, k = q.get("user_id"), int(q.get("k", 10))
+        for a in asks:
             note = None
-            if history:
+            if a.history:
                 strategy = "personalized"
-                found = found_for[n]
-                reasons = self._reasons([i for i, _ in found], history)
-                hits = [self._hit(i, s, r[0]) for (i, s), r in zip(found, reasons, strict=True)]
+                reasons = self._reasons([i for i, _ in a.found], a.history)
+                items = [self._hit(i, s, r[0]) for (i, s), r in zip(a.found, reasons, strict=True)]
                 copy = b.copy_counts((status, rules) for _, status, rules in reasons)
             else:
                 strategy = "cold_start_popular"
                 copy = b.copy_counts(())  # a fixed phrase, no copy
                 total = len(self.popular)
-                hits = [
+                items = [
                     self._hit(i, 1.0 - rank / total, "popular with other shoppers")
-                    for rank, i in enumerate(self.popular[:k])
+                    for rank, i in enumerate(self.popular[: a.k])
                 ]
                 note = (
-                    f"user {user_id!r} is unknown to model {self.tag}: showing popular items"
-                    if source == "user_history"
+                    f"user {a.user_id!r} is unknown to model {self.tag}: showing popular items"
+                    if a.source == "user_history"
                     else "none of recent_items is in the catalog: showing popular items"
                 )
             response = {
                 "model_version": self.tag,
                 "strategy": strategy,
-                "history_source": source,
-                "history_length": len(history),
-                "unknown_items": [i for i in raw if i not in index],
+                "history_source": a.source,
+                "history_length": len(a.history),
+                "unknown_items": [i for i in a.raw if i not in index],
                 "note": note,
-                "items": [h.__dict__ for h in hits],
+                "items": [h.__dict__ for h in items],
             }
             self._log(
                 "recommend",
                 started,
                 response,
-                user_id=user_id,
-                request={"k": k, "n_recent": len(raw)},
+                user_id=a.user_id,
+                request={"k": a.k, "n_recent": len(a.raw)},
                 copy=copy,
             )
             responses.append(response)
         return responses
+
+    def _resolve(self, query: Mapping[str, Any]) -> _Ask:
+        """One recommend request's history (item indices), where it came from and what to exclude."""
+        user_id, recent = query.get("user_id"), query.get("recent_items")
+        if user_id is None and not recent:
+            raise ServingError(
+                400, "give a user_id or a non-empty recent_items list (item ids, oldest first)"
+            )
+        if recent:
+            raw, source = [str(i) for i in recent], "recent_items"
+        else:
+            raw, source = self.histories.get(str(user_id), []), "user_history"
+        index = self.model._index
+        history = [index[i] for i in raw if i in index]
+        seen = set(history) if query.get("exclude_seen", True) else set()
+        return _Ask(user_id, int(query.get("k", 10)), raw, source, history, seen)
 
     def similar(self, item_id: str, k: int = 10) -> dict[str, Any]:
         """The k items closest (cosine) to an item: in the model's item space for warm items,
@@ -823,10 +838,10 @@ class ServingModel:
         unknown item's answer is its 404 error (the others are answered)."""
         started = time.perf_counter()
         answers: list[dict[str, Any] | ServingError] = []
-        spaces: dict[str, list[int]] = {"model": [], "text": []}
-        rows = []
+        # Per item space, the (position in queries, item index, item id, k) of what it answers.
+        spaces: dict[str, list[tuple[int, int, str, int]]] = {"model": [], "text": []}
         for n, q in enumerate(queries):
-            item_id = str(q["item_id"])
+            item_id, k = str(q["item_id"]), int(q.get("k", 10))
             i = self.model._index.get(item_id)
             if i is None or i == 0:
                 answers.append(
@@ -836,25 +851,21 @@ class ServingModel:
                         f"({len(self.item_ids) - 1} items); use /search to find items by text",
                     )
                 )
-                rows.append(0)
                 continue
-            answers.append({})
-            rows.append(i)
+            answers.append({})  # filled below
             cold = self.text_index is not None and not self.warm[i]
-            spaces["text" if cold else "model"].append(n)
+            spaces["text" if cold else "model"].append((n, i, item_id, k))
         for space, members in spaces.items():
             if not members:
                 continue
-            items = [rows[n] for n in members]
+            items = [i for _, i, _, _ in members]
             if space == "text":
                 assert self.unit_text is not None
                 index, vectors = self.text_index, self.unit_text[items]
             else:
                 index, vectors = self.unit_table_index, self.unit_table[items]
-            ks = [int(queries[n].get("k", 10)) for n in members]
-            found = self._search_many(index, vectors, ks, [{i} for i in items])
-            for n, i, hits in zip(members, items, found, strict=True):
-                item_id, k = str(queries[n]["item_id"]), int(queries[n].get("k", 10))
+            found = self._search_many(index, vectors, [k for *_, k in members], [{i} for i in items])
+            for (n, i, item_id, k), hits in zip(members, found, strict=True):
                 response = {
                     "model_version": self.tag,
                     "item_id": item_id,
