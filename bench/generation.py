@@ -81,6 +81,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (one is fastest on a shared 2-core box)"
     )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        help="fine-tuning tasks (default: the DAG's, ml.training.generator.DEFAULTS['tasks'])",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
 
@@ -135,6 +141,8 @@ def main() -> None:
         "eval_per_kind": args.per_kind,
         "threads": args.threads,
     }
+    if args.tasks:
+        overrides["tasks"] = args.tasks
     run_id = "bench_generation"
     t = time.perf_counter()
     results["prepare"] = stages.prepare_generator_data(

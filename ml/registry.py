@@ -370,6 +370,8 @@ def gate_generator(
     promoted = bool(comparison["beats"])
     if promoted:
         reason = f"no metric below {reference}; better on {', '.join(comparison['better'])}"
+    elif comparison.get("too_few"):
+        reason = f"too few cases to decide: {comparison['too_few']}"
     elif comparison["worse"]:
         reason = f"below {reference} on {', '.join(comparison['worse'])}"
     else:

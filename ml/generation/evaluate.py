@@ -402,12 +402,18 @@ def evaluate_generator(
 
 
 def compare(
-    challenger: dict[str, Any], reference: dict[str, Any], metrics: Sequence[str] = GATED_METRICS
+    challenger: dict[str, Any],
+    reference: dict[str, Any],
+    metrics: Sequence[str] = GATED_METRICS,
+    *,
+    min_grounded: int = 0,
 ) -> dict[str, Any]:
     """Does ``challenger`` beat ``reference``: at least as good on every metric, better on one?
 
     Both were measured on the same cases. Returns ``beats`` and, per metric, both values and the
-    difference, so a rejection says which figure held it back.
+    difference, so a rejection says which figure held it back. Fewer than ``min_grounded``
+    grounded texts (``challenger["cases"]["grounded"]``) decide nothing: a pass rate on a handful
+    of texts moves by a sixth with one text, so ``beats`` is False and ``too_few`` says why.
     """
     rows = {
         m: {
@@ -419,4 +425,14 @@ def compare(
     }
     worse = [m for m, r in rows.items() if r["delta"] < 0]
     better = [m for m, r in rows.items() if r["delta"] > 0]
-    return {"beats": not worse and bool(better), "worse": worse, "better": better, "metrics": rows}
+    grounded = int((challenger.get("cases") or {}).get("grounded", 0))
+    too_few = (
+        f"{grounded} grounded texts < the gate's minimum {min_grounded}" if grounded < min_grounded else None
+    )
+    return {
+        "beats": not worse and bool(better) and too_few is None,
+        "worse": worse,
+        "better": better,
+        "too_few": too_few,
+        "metrics": rows,
+    }

@@ -226,6 +226,12 @@ def test_the_gate_wants_nothing_worse_and_something_better() -> None:
     assert worse["metrics"]["raw_pass_rate"]["delta"] == pytest.approx(-0.1)
     tie = compare(dict(reference), reference)
     assert tie["beats"] is False and tie["better"] == [] and tie["worse"] == []
+    # A win on too few grounded texts decides nothing, and says so.
+    few = {**reference, "rouge_l": 0.6, "cases": {"grounded": 6}}
+    small = compare(few, reference, min_grounded=18)
+    assert small["beats"] is False and small["better"] == ["rouge_l"]
+    assert small["too_few"] == "6 grounded texts < the gate's minimum 18"
+    assert compare({**few, "cases": {"grounded": 18}}, reference, min_grounded=18)["beats"] is True
 
 
 # -- the run's stages on a tiny model ---------------------------------------------------------------------
@@ -336,7 +342,16 @@ def test_the_runs_stages_register_gate_and_serve_the_champion(tiny_base: Path, t
         registered["tag"], lost, reference=registered["tag"], settings=settings
     )
     assert rejected["promoted"] is False and rejected["reason"].startswith("below")
-    assert [d["event"] for d in registry.generator_decisions(settings)] == ["gate", "promote", "gate"]
+    won_on_few = compare(
+        {**dict.fromkeys(GATED_METRICS, 0.3), "cases": {"grounded": 6}},
+        dict.fromkeys(GATED_METRICS, 0.2),
+        min_grounded=18,
+    )
+    unsure = registry.gate_generator(
+        registered["tag"], won_on_few, reference=registered["tag"], settings=settings
+    )
+    assert unsure["promoted"] is False and unsure["reason"].startswith("too few cases to decide: 6 grounded")
+    assert [d["event"] for d in registry.generator_decisions(settings)] == ["gate", "promote", "gate", "gate"]
     assert registry.decisions(settings) == []  # the recommender's ledger is untouched
     with pytest.raises(stages.GeneratorRunError, match="unknown generator override"):
         stages.resolve_overrides({"max_step": 3})
