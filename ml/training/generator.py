@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     # the base fails those mostly on length. Give tasks=[..., "served"] in the conf to use it.
     "tasks": ["understanding", "copy", "theme"],
     "served_per_kind": 600,  # served pairs per kind, from related training items
+    "pairs_per_task": 600,  # understanding, copy and theme pairs each (a sample; None: all)
     "heldout_fraction": 0.1,
     "eval_items": 12,  # held-out items for understanding and copy
     "eval_sets": 8,  # theme sets
@@ -183,6 +184,7 @@ def finetune_generator(
         seed=config["seed"],
         related=related,  # served_pairs keeps only pairs of two training items
         served_per_kind=int(config["served_per_kind"]),
+        per_task=None if config["pairs_per_task"] is None else int(config["pairs_per_task"]),
     )
     with _threads(config):
         generator = load_generator(config["generator"], cache_dir=settings.generator_cache_dir, device="cpu")

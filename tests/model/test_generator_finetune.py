@@ -107,6 +107,8 @@ def test_theme_pairs_answer_the_deepest_common_category() -> None:
     assert sets == item_sets(CATALOG, 20, size=3, seed=1)
     mixed = training_pairs(CATALOG, theme_sets=4)
     assert len(mixed) == 5 + 5 + 4  # understanding (titled), copy, theme
+    capped = training_pairs(CATALOG, theme_sets=4, per_task=2)
+    assert len(capped) == 2 + 2 + 2 and set(capped) <= set(mixed)
     with pytest.raises(ValueError, match="unknown fine-tuning task"):
         training_pairs(CATALOG, ["summaries"])
 
