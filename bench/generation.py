@@ -8,7 +8,8 @@ converted cache, ``Settings().generator_cache_dir``):
    (the same prompts, a fixed number of new tokens, greedy);
 2. **fine-tune** with the same stages the DAG ``finetune_generator`` runs
    (``ml.training.generator``), in a throwaway work folder: LoRA on a fixed step budget over the
-   three targets, on the items that are not held out;
+   four targets (understanding, copy, theme and serving's own formats), on the items that are
+   not held out;
 3. **base vs tuned** on the same held-out items in one run: leaf exact, top-level and brand
    accuracy, ROUGE-L of the copy against the sellers' titles, theme leaf exact, and
    ``raw_pass_rate`` (share of each generator's own bundle names, descriptions and explanations
