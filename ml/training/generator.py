@@ -40,7 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,
     # "served": serving's own prompts (bundle name, description, explanation) with short targets
     # from the facts that pass the grounding check; the base fails those mostly on length.
-    # Measured (60 steps, 90 held-out grounded texts): raw_pass_rate 0.378 base -> 0.878 tuned.
+    # Measured (60 steps; 1,002 held-out grounded texts, serving's settings): raw_pass_rate
+    # 0.411 base -> 0.745 tuned.
     "tasks": ["understanding", "copy", "theme", "served"],
     "served_per_kind": 600,  # served pairs per kind, from related training items
     "pairs_per_task": 600,  # understanding, copy and theme pairs each (a sample; None: all)
