@@ -48,7 +48,8 @@ from ml.generation.grounding import (
     common_category,
     fold,
     ground,
-    short_title,
+    item_name,
+    set_theme,
     template,
     words,
 )
@@ -457,7 +458,7 @@ def explanation_facts(item: ItemFacts, history: ItemFacts) -> Facts:
 
 
 def _describe(item: ItemFacts, currency: str = "$") -> str:
-    parts = [short_title(item.title, max_words=10) or item.item_id]
+    parts = [item_name(item)]
     if item.brand:
         parts.append(f"by {item.brand}")
     if item.categories:
@@ -471,8 +472,11 @@ def prompt(kind: Kind, facts: Facts) -> str:
     """The user prompt for one text of ``kind`` from its facts (the system prompt is the caller's)."""
     listing = "\n".join(f"- {_describe(i, facts.currency)}" for i in facts.items)
     if kind == "bundle_name":
+        # Named: the model copies the theme into the name instead of listing the items.
+        named = set_theme(facts.items)
+        theme = f"Its theme: {named}.\n" if named else ""
         return (
-            f"These products are sold together as a set:\n{listing}\n"
+            f"These products are sold together as a set:\n{listing}\n{theme}"
             "Write a short catchy name for the set, at most five words. Answer with the name only."
         )
     if kind == "bundle_description":
@@ -497,7 +501,10 @@ def prompt(kind: Kind, facts: Facts) -> str:
 
 SYSTEM_PROMPT = "You write short, factual shop copy. Never invent product names, brands or prices."
 SERVED_MAX_NEW_TOKENS = 48  # a three-item description with its total fits; past it, a text is cut off
-SERVED_REPETITION_PENALTY = 1.1  # > 1: the untuned model echoes its facts block
+# > 1 on the answer's own tokens: stops a text looping on what it wrote. The prompt's tokens are
+# not penalised: counted, they pushed the tuned model off the exact names it must copy
+# ("Volum' Express" came out as "Volumn Express", a name not in the facts).
+SERVED_REPETITION_PENALTY = 1.1
 
 
 def served_config(batch_size: int = 8, max_new_tokens: int = SERVED_MAX_NEW_TOKENS) -> GenerationConfig:
@@ -510,6 +517,7 @@ def served_config(batch_size: int = 8, max_new_tokens: int = SERVED_MAX_NEW_TOKE
         batch_size=batch_size,
         system_prompt=SYSTEM_PROMPT,
         repetition_penalty=SERVED_REPETITION_PENALTY,
+        penalize_prompt=False,
     )
 
 

@@ -319,21 +319,16 @@ def theme_pairs(items: pd.DataFrame, sets: Sequence[Sequence[int]]) -> list[tupl
 def _served_targets(kind: str, facts: Any, currency: str = "$") -> list[str]:
     """Short texts of ``kind`` built from the facts alone, in a few phrasings (the model learns
     the format and brevity, not one sentence; the template stays the fallback's)."""
-    from ml.generation.grounding import common_category, short_title
+    from ml.generation.grounding import item_name, set_theme, shared_leaf
 
     items = facts.items
-    titles = [short_title(i.title, max_words=5) or i.item_id for i in items]
+    titles = [item_name(i) for i in items]
     if kind == "bundle_name":
-        theme = common_category(items)
-        # The root alone ("Beauty") names nothing: a set's name wants its shared leaf.
-        leaf = theme.split(">")[-1].strip() if theme and ">" in theme else None
+        theme = set_theme(items)  # serving's prompt gives it ("Its theme: ...")
+        names = [f"{theme} Set", f"{theme} Essentials", f"The {theme} Kit"] if theme else []
         brands = {i.brand for i in items if i.brand}
-        first = items[0].categories[-1] if items[0].categories else None
-        names = [f"{leaf} Set", f"{leaf} Essentials", f"The {leaf} Kit"] if leaf else []
         if len(brands) == 1 and all(i.brand for i in items):
             names.append(f"{next(iter(brands))} Favorites")
-        if first:
-            names += [f"{first} Starter Set", f"{first} and More"]
         return names
     if kind == "bundle_description":
         total = facts.total_price
@@ -354,9 +349,8 @@ def _served_targets(kind: str, facts: Any, currency: str = "$") -> list[str]:
                 f"You liked {seen}, and {item} is also by {it.brand}.",
                 f"More from {it.brand}, like {seen}.",
             ]
-        shared = common_category([it, hist])
-        if shared and ">" in shared:
-            leaf = shared.split(">")[-1].strip()
+        leaf = shared_leaf([it, hist])
+        if leaf:
             out += [f"Like {seen}, {item} is in {leaf}.", f"Since you liked {seen}, try {item}."]
         return out
     raise ValueError(f"unknown kind {kind!r}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
-from transformers import GenerationMixin
+from transformers import GenerationMixin, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from ml.generation.load import Generator
 
@@ -29,6 +29,9 @@ class GenerationConfig:
         batch_size: prompts per forward batch (left-padded to the longest in the batch).
         system_prompt: a system message put before each prompt given as a plain string.
         repetition_penalty: > 1 discourages repeating tokens (the untuned model echoes its input).
+        penalize_prompt: the penalty also counts the prompt's tokens (transformers' default).
+            False counts only the answer's own tokens: a text may then copy a product name
+            from its facts exactly, but not loop on what it already wrote.
     """
 
     max_new_tokens: int = 60
@@ -40,6 +43,7 @@ class GenerationConfig:
     batch_size: int = 8
     system_prompt: str | None = None
     repetition_penalty: float = 1.0
+    penalize_prompt: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -108,6 +112,17 @@ def _stop_ids(generator: Generator) -> set[int]:
     return ids
 
 
+def _penalty(config: GenerationConfig, prompt_width: int) -> dict[str, Any]:
+    """``generate``'s keyword for the repetition penalty; left padding makes the prompt part of
+    every row ``prompt_width`` tokens wide, so the answer's tokens start there in each."""
+    if config.penalize_prompt or config.repetition_penalty == 1.0:
+        return {"repetition_penalty": config.repetition_penalty}
+    processor = RepetitionPenaltyLogitsProcessor(
+        float(config.repetition_penalty), prompt_ignore_length=prompt_width
+    )
+    return {"logits_processor": LogitsProcessorList([processor])}
+
+
 def generate(
     generator: Generator,
     prompts: Sequence[str | Sequence[Message]],
@@ -146,13 +161,14 @@ def generate(
                 generator.device
             )
             sampling = {"temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {}
+            penalty = _penalty(config, prompt_width=int(enc["input_ids"].shape[1]))
             out = cast(GenerationMixin, model).generate(
                 **enc,
                 max_new_tokens=config.max_new_tokens,
                 min_new_tokens=config.min_new_tokens,
                 do_sample=config.do_sample,
-                repetition_penalty=config.repetition_penalty,
                 pad_token_id=pad_id,
+                **penalty,
                 **sampling,
             )
             # Without return_dict_in_generate, generate returns the token ids: prompt + new.

@@ -383,17 +383,44 @@ def short_title(title: str, max_words: int = 6) -> str:
     return " ".join(head.split()[:max_words])
 
 
-def common_category(items: Sequence[ItemFacts]) -> str | None:
-    """The deepest category all items share (the bundle's theme), if any."""
+def item_name(item: ItemFacts) -> str:
+    """How copy names an item: its short title, else its id. The prompts list items by it, and
+    the templates and the fine-tuning targets write it, so a text copies a name exactly as given."""
+    return short_title(item.title) or item.item_id
+
+
+def _common_path(items: Sequence[ItemFacts]) -> list[str]:
     paths = [item.categories for item in items if item.categories]
     if not paths or len(paths) < len(items):
-        return None
-    shared: str | None = None
+        return []
+    shared: list[str] = []
     for level in zip(*paths, strict=False):
         if len({fold(c) for c in level}) != 1:
             break
-        shared = level[0]
+        shared.append(level[0])
     return shared
+
+
+def common_category(items: Sequence[ItemFacts]) -> str | None:
+    """The deepest category all items share (the bundle's theme), if any."""
+    shared = _common_path(items)
+    return shared[-1] if shared else None
+
+
+def shared_leaf(items: Sequence[ItemFacts]) -> str | None:
+    """The deepest category all items share below the root, if any: the root alone ("Beauty")
+    names nothing a shopper would call a theme."""
+    shared = _common_path(items)
+    return shared[-1] if len(shared) > 1 else None
+
+
+def set_theme(items: Sequence[ItemFacts]) -> str | None:
+    """What a set of items is named after: the category they share below the root, else the
+    first (the seed) item's own leaf category; None where the items carry no categories."""
+    leaf = shared_leaf(items)
+    if leaf is None and items and len(items[0].categories) > 1:
+        leaf = items[0].categories[-1]
+    return leaf
 
 
 def _price(value: float, currency: str) -> str:
@@ -423,16 +450,16 @@ def template(kind: Kind, facts: Facts) -> str:
         name = f"{theme} Set" if theme else "Bundle Set"
         return name if len(name) <= LIMITS["bundle_name"].max_chars else "Bundle Set"
     if kind == "bundle_description":
-        titles = [short_title(i.title, max_words=6) or i.item_id for i in items]
+        titles = [item_name(i) for i in items]
         total = facts.total_price
         price = f" for {_price(total, facts.currency)} in all" if total is not None else ""
         return f"A set of {len(items)}: {_join(titles)}{price}."
     if kind == "explanation":
         item, history = items[0], items[1] if len(items) > 1 else None
-        name = short_title(item.title) or item.item_id
+        name = item_name(item)
         if history is None:
             return f"Recommended: {name}."
-        seen = short_title(history.title) or history.item_id
+        seen = item_name(history)
         if item.brand and history.brand and fold(item.brand) == fold(history.brand):
             return f"Same brand as {seen}: {item.brand}."
         shared = common_category([item, history])

@@ -17,6 +17,8 @@ from ml.generation.grounding import (
     common_category,
     fold,
     ground,
+    item_name,
+    shared_leaf,
     short_title,
     template,
 )
@@ -258,6 +260,13 @@ def test_templates_read_well() -> None:
     )
     assert common_category([OPI, ESSIE]) == "Beauty"
     assert common_category([OPI, ItemFacts("x", "y")]) is None
+    # Below the root only: "Beauty" alone is no theme.
+    assert shared_leaf([OPI, ESSIE]) is None
+    assert shared_leaf([OPI, same_leaf]) == "Nail Treatments"
+    assert shared_leaf([OPI, ItemFacts("x", "y")]) is None
+    # Copy names an item by its short title, else its id.
+    assert item_name(ESSIE) == "Essie Nail Polish"
+    assert item_name(ItemFacts("B0NOTITLE", "")) == "B0NOTITLE"
     with pytest.raises(ValueError, match="at least one item"):
         template("bundle_name", Facts(items=()))
 

@@ -66,3 +66,53 @@ def test_grounded_texts_are_evaluated_as_serving_writes_them(monkeypatch) -> Non
     assert seen[3] == served_config(batch_size=4)
     assert seen[3].system_prompt == SYSTEM_PROMPT and seen[3].repetition_penalty > 1
     assert seen[3].max_new_tokens > tasks.max_new_tokens
+    assert not seen[3].penalize_prompt  # names are copied from the prompt exactly
+
+
+def test_the_served_penalty_counts_the_answer_not_the_prompt() -> None:
+    """With ``penalize_prompt=False`` a token of the prompt keeps its score (a name is copied
+    exactly) and a token the answer already wrote is penalised (no loops)."""
+    import torch
+
+    from ml.generation.generate import GenerationConfig, _penalty
+
+    config = GenerationConfig(repetition_penalty=2.0, penalize_prompt=False)
+    (processor,) = _penalty(config, prompt_width=3)["logits_processor"]
+    ids = torch.tensor([[0, 5, 6, 7]])  # prompt (left-padded): 0 5 6; answer so far: 7
+    scores = processor(ids, torch.ones(1, 10))
+    assert scores[0, 5] == scores[0, 6] == scores[0, 8] == 1.0
+    assert scores[0, 7] == 0.5
+    assert _penalty(GenerationConfig(repetition_penalty=2.0), prompt_width=3) == {"repetition_penalty": 2.0}
+
+
+def test_served_targets_name_sets_after_the_theme_the_prompt_gives() -> None:
+    """A set is named after the category its items share below the root, else after its first
+    item's leaf; serving's prompt gives that theme, so the model copies it instead of listing."""
+    from ml.generation.bundles import prompt
+    from ml.generation.finetune import _served_targets
+    from ml.generation.grounding import Facts, ItemFacts
+
+    records = _items().to_dict("records")
+    lipstick, liner = (ItemFacts.from_record(records[i]) for i in range(2))
+    remover = ItemFacts("e", "Nail Polish Remover", "Cutex", ("Beauty", "Nail Care", "Removers"), 3.25)
+    lips = Facts(items=(lipstick, liner))
+    assert "Its theme: Lips." in prompt("bundle_name", lips)
+    assert _served_targets("bundle_name", lips) == [
+        "Lips Set",
+        "Lips Essentials",
+        "The Lips Kit",
+        "Revlon Favorites",
+    ]
+    mixed = Facts(items=(remover, lipstick))  # they share only the root
+    assert "Its theme: Removers." in prompt("bundle_name", mixed)
+    assert _served_targets("bundle_name", mixed) == [
+        "Removers Set",
+        "Removers Essentials",
+        "The Removers Kit",
+    ]
+    bare = Facts(items=(ItemFacts("x", "Mug", None, (), 2.0), ItemFacts("y", "Tea", None, (), 3.0)))
+    assert "theme" not in prompt("bundle_name", bare) and _served_targets("bundle_name", bare) == []
+    # The texts name items exactly as the prompt lists them.
+    description = _served_targets("bundle_description", lips)[0]
+    assert description == "Velvet Matte Lipstick and Lip Liner Pencil go well together."
+    assert "- Velvet Matte Lipstick by Revlon" in prompt("bundle_description", lips)
