@@ -472,11 +472,11 @@ def prompt(kind: Kind, facts: Facts) -> str:
     """The user prompt for one text of ``kind`` from its facts (the system prompt is the caller's)."""
     listing = "\n".join(f"- {_describe(i, facts.currency)}" for i in facts.items)
     if kind == "bundle_name":
-        # Named: the model copies the theme into the name instead of listing the items.
-        named = set_theme(facts.items)
-        theme = f"Its theme: {named}.\n" if named else ""
+        # Given the theme, the model copies it into the name instead of listing the items.
+        theme = set_theme(facts.items)
+        theme_line = f"Its theme: {theme}.\n" if theme else ""
         return (
-            f"These products are sold together as a set:\n{listing}\n{theme}"
+            f"These products are sold together as a set:\n{listing}\n{theme_line}"
             "Write a short catchy name for the set, at most five words. Answer with the name only."
         )
     if kind == "bundle_description":
