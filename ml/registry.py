@@ -402,8 +402,11 @@ def gate_generator(
     return decision
 
 
-def load_served_generator(settings: Settings | None = None, *, device: str | None = None) -> Any:
+def load_served_generator(
+    settings: Settings | None = None, *, device: str | None = None, tag: str | None = None
+) -> Any:
     """The generator serving should use: the champion (base + its tuned weights), else the base.
+    ``tag``: a registered generator to load instead of the champion the pointer names now.
 
     One call for /ask, bundles and explanations: ``ml.generation.load.Generator`` either way, its
     ``name`` saying which (``smollm2+lora``; ``smollm2`` when no tuned generator won its gate).
@@ -412,7 +415,7 @@ def load_served_generator(settings: Settings | None = None, *, device: str | Non
     from ml.generation.finetune import load_tuned, tuned_record
     from ml.generation.load import DEFAULT_GENERATOR, load_generator
 
-    tag = generator_champion(settings)
+    tag = tag or generator_champion(settings)
     if tag is None:
         return load_generator(DEFAULT_GENERATOR, cache_dir=settings.generator_cache_dir, device=device)
     version = get(tag, settings)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import threading
 import time
@@ -46,6 +47,7 @@ from serving.index import catalog_index, catalog_matrices, read_user_vectors
 if TYPE_CHECKING:
     # The assistant pulls in the generator's stack (transformers' causal-LM classes, peft): imported
     # on the first /ask, not at every worker's start.
+    from ml.generation.live import LiveCopy
     from ml.retrieval.assistant import Assistant
 
 LOG_DIR_NAME = "serving_logs"
@@ -295,7 +297,23 @@ def resolve_mode(mode: str | None, user_id: str | None) -> str:
 
 
 _generators: dict[str, Any] = {}
-_generator_lock = threading.Lock()
+_generator_lock = threading.RLock()
+GENERATOR_POINTER_POLL_S = 10.0
+"""How often request-path copy reads the generator champion pointer (a file) again."""
+
+
+def champion_generator(settings: Settings, tag: str) -> Any:
+    """The registered generator ``tag`` (base + its tuned weights), loaded once per process and
+    shared by /ask and request-path copy; an earlier champion is let go."""
+    from ml.registry import load_served_generator
+
+    key = f"champion:{tag}"
+    with _generator_lock:
+        if key not in _generators:
+            for old in [k for k in _generators if k.startswith("champion:")]:
+                del _generators[old]
+            _generators[key] = load_served_generator(settings, tag=tag)
+        return _generators[key]
 
 
 def assistant_generator(settings: Settings) -> tuple[Any, str | None]:
@@ -327,15 +345,43 @@ def assistant_generator(settings: Settings) -> tuple[Any, str | None]:
                 "see the README, 'Search and the assistant')"
             )
         from ml.generation.load import DEFAULT_GENERATOR
-        from ml.registry import generator_champion, load_served_generator
+        from ml.registry import generator_champion
 
-        if name == DEFAULT_GENERATOR and generator_champion(settings):
+        tag = generator_champion(settings) if name == DEFAULT_GENERATOR else None
+        if tag:
             # The finetune_generator DAG's champion: the same base with its gated tuned weights.
             # Read once per process, like the base: a later promotion reaches a restarted worker.
-            _generators[name] = load_served_generator(settings)
+            _generators[name] = champion_generator(settings, tag)
         else:
             _generators[name] = load_generator(name, cache_dir=cache)
         return _generators[name], None
+
+
+def copy_writer(settings: Settings, brands: Any = None) -> LiveCopy | None:
+    """Request-path copy (``ml.generation.live``) written by the generator champion, or None when
+    ``settings.serve_copy_budget_s`` is 0. Without a champion it writes nothing: the base has not
+    passed the generator gate (``raw_pass_rate``), so its copy is not served unasked."""
+    if settings.serve_copy_budget_s <= 0:
+        return None
+    from ml.generation.live import LiveCopy
+    from ml.registry import generator_champion
+
+    read: list[Any] = [-math.inf, None]  # (when, tag): the pointer is a file, read every few seconds
+
+    def champion() -> str | None:
+        now = time.monotonic()
+        if now - read[0] >= GENERATOR_POINTER_POLL_S:
+            read[:] = [now, generator_champion(settings)]
+        return read[1]
+
+    return LiveCopy(
+        champion,
+        lambda tag: champion_generator(settings, tag),
+        budget_s=settings.serve_copy_budget_s,
+        max_pending=settings.serve_copy_max_pending,
+        brands=brands,
+        phone_regions=settings.pii_phone_regions,
+    )
 
 
 @dataclass
@@ -364,6 +410,8 @@ class ServingModel:
             by a thread every this many seconds (:class:`RequestLog`).
         ann_min_items: catalogs this large are searched through the HNSW indexes built into the
             version (``serving.index``); default ``settings.serving_ann_min_items``.
+        settings: given (the Bento), copy the package lacks is written on the request path by
+            the generator champion within ``settings.serve_copy_budget_s`` (:func:`copy_writer`).
     """
 
     def __init__(
@@ -375,6 +423,7 @@ class ServingModel:
         cache_size: int = 50_000,
         log_flush_s: float = 0.0,
         ann_min_items: int | None = None,
+        settings: Settings | None = None,
     ) -> None:
         import torch
 
@@ -425,6 +474,14 @@ class ServingModel:
         )
         # Bundles and explanations packaged with the version (ml.generation.bundles), if any.
         self._load_bundles()
+        # Copy the package lacks, written on the request path by the generator champion (the
+        # Bento passes its settings; None: packaged copy and templates only).
+        self.live_copy: LiveCopy | None = None
+        if settings is not None:
+            from ml.generation.grounding import BrandIndex
+
+            brands = BrandIndex(f.brand for f in self.bundle_catalog.facts if f.brand)
+            self.live_copy = copy_writer(settings, brands)
         self.popular = self._popularity()
         # Torch modules are not re-entrant across threads: one lock per module, so a user-vector
         # pass never waits for a text-encoder pass.
@@ -543,7 +600,31 @@ class ServingModel:
             return []
         sims = self.unit_table[history] @ self.unit_table[items].T  # len(history) x len(items)
         best = [history[int(j)] for j in np.argmax(sims, axis=0)]
-        return [self._explain(i, b) for i, b in zip(items, best, strict=True)]
+        reasons = [self._explain(i, b) for i, b in zip(items, best, strict=True)]
+        live = self.live_copy
+        misses = [n for n, r in enumerate(reasons) if r[1] == "template"]
+        if live is None or not misses or live.generator_tag() is None:
+            return reasons
+        from ml.generation.bundles import explanation_facts
+        from ml.generation.live import CopyRequest
+
+        facts = self.bundle_catalog.facts
+        requests = [
+            CopyRequest(
+                (self.tag, "explanation", items[n], best[n]),
+                "explanation",
+                explanation_facts(facts[items[n]], facts[best[n]]),
+            )
+            for n in misses
+        ]
+        # /recommend runs on the event loop: a miss never waits there. It is written in the
+        # background, and the user's next request gets the generated sentence.
+        written = live.write(requests, wait_s=0.0)
+        for n, request in zip(misses, requests, strict=True):
+            if request.key in written:
+                text, status, rules = written[request.key]
+                reasons[n] = (f"{text} (you interacted with {self.item_ids[best[n]]})", status, rules)
+        return reasons
 
     # -- bundles and explanations (issue 12) ----------------------------------------------------
     def _load_bundles(self) -> None:
@@ -648,7 +729,9 @@ class ServingModel:
         A catalog seed with a packaged bundle of ``size`` items is served from the package (its
         copy generated and checked at packaging); otherwise (another size, a user without one,
         a brand-new item) the bundle is built now from the model's embeddings (the item space;
-        the text space for a new item) under the complementarity rule, with the template copy.
+        the text space for a new item) under the complementarity rule. Copy that is the
+        template either way is written by the generator champion within the time budget
+        (:meth:`_live_bundle_copy`), else the template is served.
         """
         from ml.generation import bundles as b
         from ml.generation.grounding import ItemFacts
@@ -697,6 +780,8 @@ class ServingModel:
                     404, f"no bundle for {seed.facts.item_id!r}: fewer than 2 priced, complementary items"
                 )
             found, strategy = b.template_copy(catalog, made), "embeddings"
+        if found.copy == "template":
+            found = self._live_bundle_copy(found)
         rows = [catalog.facts[catalog.index[x]] for x in found.item_ids]
         response = {
             "model_version": self.tag,
@@ -733,6 +818,31 @@ class ServingModel:
             ),
         )
         return response
+
+    def _live_bundle_copy(self, bundle: Any) -> Any:
+        """A bundle whose copy is the template (not packaged, or packaged past the batch's budget)
+        with the generator champion's name and description, when written within the budget
+        (``ml.generation.live``; /bundle runs in a worker thread, so waiting blocks no one else)."""
+        live = self.live_copy
+        if live is None or live.generator_tag() is None:
+            return bundle
+        from ml.generation import bundles as b
+        from ml.generation.live import CopyRequest
+
+        facts = b.bundle_facts(self.bundle_catalog, bundle)
+        key = (self.tag, bundle.seed, bundle.item_ids)
+        requests = [
+            CopyRequest((*key, "bundle_name"), "bundle_name", facts),
+            CopyRequest((*key, "bundle_description"), "bundle_description", facts),
+        ]
+        written = live.write(requests)
+        name = written.get(requests[0].key)
+        description = written.get(requests[1].key)
+        if name is None and description is None:
+            return bundle
+        name = name or (bundle.name, "template", ())
+        description = description or (bundle.description, "template", ())
+        return b.with_copy(bundle, name[:2], description[:2], [*name[2], *description[2]])
 
     # -- endpoints -----------------------------------------------------------------------------
     def recommend(
@@ -775,6 +885,7 @@ class ServingModel:
                 strategy = "personalized"
                 reasons = self._reasons([i for i, _ in a.found], a.history)
                 items = [self._hit(i, s, r[0]) for (i, s), r in zip(a.found, reasons, strict=True)]
+                statuses: list[str | None] = [status for _, status, _ in reasons]
                 copy = b.copy_counts((status, rules) for _, status, rules in reasons)
             else:
                 strategy = "cold_start_popular"
@@ -784,6 +895,7 @@ class ServingModel:
                     self._hit(i, 1.0 - rank / total, "popular with other shoppers")
                     for rank, i in enumerate(self.popular[: a.k])
                 ]
+                statuses = [None] * len(items)
                 note = (
                     f"user {a.user_id!r} is unknown to model {self.tag}: showing popular items"
                     if a.source == "user_history"
@@ -796,7 +908,7 @@ class ServingModel:
                 "history_length": len(a.history),
                 "unknown_items": [i for i in a.raw if i not in index],
                 "note": note,
-                "items": [h.__dict__ for h in items],
+                "items": [{**h.__dict__, "reason_copy": c} for h, c in zip(items, statuses, strict=True)],
             }
             self._log(
                 "recommend",

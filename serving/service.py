@@ -118,6 +118,7 @@ def follow_champion(service: Any) -> Any:
             tag=version.tag,
             log_dir=_settings.work_dir / "serving_smoke",
             work_dir=_settings.work_dir,
+            settings=_settings,
         )
         engine.warm_up()
         return engine
@@ -189,6 +190,14 @@ class Item(BaseModel):
         None,
         description="Why it is recommended: the history item most similar to it, or 'popular'; "
         "null for similar items and search.",
+        json_schema_extra=_nullable,
+    )
+    reason_copy: str | None = Field(
+        None,
+        description="How the reason was written: 'generated' (the generator's sentence passed the "
+        "grounding check), 'fallback' (it failed: the template is served) or 'template' (none was "
+        "generated yet: a miss is written in the background for the next request); null for "
+        "popular items, similar items and search.",
         json_schema_extra=_nullable,
     )
 
@@ -597,11 +606,13 @@ class BundleResponse(BaseModel):
     seed_title: str
     strategy: str = Field(
         description="'packaged' (built and written when the version was packaged) or 'embeddings' "
-        "(built now from the model's vectors, template copy)."
+        "(built now from the model's vectors)."
     )
     copy_status: str = Field(
         description="'generated' (the generator's text passed the grounding check), 'fallback' (it "
-        "failed: the template is served) or 'template' (none was generated)."
+        "failed: the template is served) or 'template' (none was generated: copy the package "
+        "lacks is written by the generator champion within SHOPFLOW_SERVE_COPY_BUDGET_S, and past "
+        "it in the background for the next request)."
     )
     name: str
     description: str
@@ -958,6 +969,7 @@ class Recommender:
             log_dir=_settings.serving_log_dir,
             work_dir=_settings.work_dir,
             log_flush_s=_settings.serving_log_flush_s,
+            settings=_settings,
         )
         # Readiness then means every endpoint is fast: encoder loaded, known users precomputed.
         users = self.engine.warm_up()

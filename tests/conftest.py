@@ -75,3 +75,33 @@ def pg_settings(tmp_path: Path, pg_database: str) -> Settings:
         postgres_dsn=pg_database,
         pii_salt="test-salt",  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local generator checkpoint: a tiny random Llama with the real SmolLM2 tokenizer (read
+    from the packaged GGUF). It generates in milliseconds, so tests exercise the mechanics of
+    generation (fine-tuning, the gate, request-path copy) without the real weights' CPU minutes."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from ml.generation.load import packaged_gguf
+
+    gguf = packaged_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny_base")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -61,6 +61,22 @@ class Settings(BaseSettings):
         "the template copy). 0 (default): template copy only, so a training run's time is "
         "unchanged; the demo and production set it.",
     )
+    serve_copy_budget_s: float = Field(
+        3.0,
+        ge=0.0,
+        description="Seconds a /bundle request waits for the generator champion to write copy the "
+        "package lacks (another size, a new item, a text packaged as the template); past it the "
+        "template is served and the text is written in the background for the next request. "
+        "/recommend's reasons never wait (its handler runs on the event loop): a miss gets the "
+        "template now and the generated sentence later. Only a gated generator champion writes "
+        "(finetune_generator); 0 turns request-path generation off.",
+    )
+    serve_copy_max_pending: int = Field(
+        32,
+        ge=1,
+        description="Texts the Bento's copy writer holds queued or in progress at most; a miss "
+        "beyond it gets the template and is not queued (generation takes seconds on a CPU).",
+    )
 
     warehouse: Literal["duckdb", "postgres"] = Field(
         "duckdb", description="Warehouse engine; also selects the dbt target of the same name."

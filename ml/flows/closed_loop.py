@@ -292,10 +292,19 @@ ABSENT_PRODUCT = "do you sell a cordless garden hose reel?"
 """A question about a product a beauty shop does not have: the assistant must say so."""
 
 
+SHOWCASE_COPY_WAIT_S = 120.0
+"""How long the showcase asks again for a bundle's or reasons' copy that the Bento writes in the
+background (a cache miss): the first request after the generator's promotion also loads it."""
+
+
 def showcase(base_url: str, settings: Settings) -> list[str]:
     """Ask the live Bento what a shopper would: /search, /ask (a price, a maker, a product the shop
     does not have), /bundle for the found item, /recommend with its reasons. Lines for the summary;
-    a failed call is shown as such (the summary is a report, not a test)."""
+    a failed call is shown as such (the summary is a report, not a test).
+
+    Copy the package lacks is written by the Bento on a cache miss, past the request's budget in
+    the background: the bundle and the reasons are asked again until written (at most
+    :data:`SHOWCASE_COPY_WAIT_S`), as a shopper coming back would see them."""
     import httpx
 
     headers = auth_headers(settings)
@@ -330,17 +339,40 @@ def showcase(base_url: str, settings: Settings) -> list[str]:
             lines.append(
                 f"  /ask {question!r}\n      → {asked['answer']!r} [{asked['strategy']}; cites {cited}]"
             )
-    bundle = post("/bundle", {"item_id": item["item_id"]})
+
+    def post_until_written(path: str, body: dict[str, Any], statuses: Any) -> tuple[Any, str]:
+        """Ask until the Bento's copy writer has written the answer's texts (a miss is written in
+        the background after the first answer); the answer, and what it took."""
+        started = time.monotonic()
+        first = answer = post(path, body)
+        while answer and "template" in statuses(answer) and time.monotonic() - started < wait_s:
+            time.sleep(2.0)
+            answer = post(path, body) or answer
+        if not first or not answer or answer is first:
+            return answer, ""
+        was = ", ".join(sorted(set(statuses(first))))
+        return answer, f"written {time.monotonic() - started:.0f} s after a first answer with {was} copy"
+
+    # Only a promoted generator writes copy on the request path: without one, templates it is.
+    wait_s = SHOWCASE_COPY_WAIT_S if registry.generator_champion(settings) else 0.0
+
+    bundle, took = post_until_written("/bundle", {"item_id": item["item_id"]}, lambda a: [a["copy_status"]])
     if bundle:
         members = "; ".join(f"{b['title'][:40]} ({b.get('price')})" for b in bundle["items"])
         lines.append(
             f"  /bundle {item['item_id']} → {bundle['name']!r}: {bundle['description']!r}\n"
             f"      {members}; total {bundle.get('total_price')} [{bundle['copy_status']}]"
+            + (f" ({took})" if took else "")
         )
-    recommended = post("/recommend", {"recent_items": [item["item_id"]], "k": 3})
+    recommended, took = post_until_written(
+        "/recommend",
+        {"recent_items": [item["item_id"]], "k": 3},
+        lambda a: [i.get("reason_copy") or "template" for i in a["items"]],
+    )
     if recommended:
+        lines.append(f"  /recommend after {item['item_id']}" + (f" ({took}):" if took else ":"))
         for rec in recommended["items"]:
-            lines.append(f"  /recommend after {item['item_id']} → {rec['item_id']}: {rec.get('reason')}")
+            lines.append(f"      → {rec['item_id']}: {rec.get('reason')} [{rec.get('reason_copy')}]")
     return lines
 
 

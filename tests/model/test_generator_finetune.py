@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ml import registry
 from ml.core.settings import Settings
@@ -51,7 +50,7 @@ from ml.generation.finetune import (
 )
 from ml.generation.generate import GenerationConfig
 from ml.generation.grounding import Facts, ItemFacts
-from ml.generation.load import load_generator, packaged_gguf
+from ml.generation.load import load_generator
 from ml.training import generator as stages
 
 CATALOG = pd.DataFrame(
@@ -237,29 +236,7 @@ def test_the_gate_wants_nothing_worse_and_something_better() -> None:
 
 
 # -- the run's stages on a tiny model ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local checkpoint: a tiny random Llama with the real SmolLM2 tokenizer (read from the GGUF)."""
-    gguf = packaged_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny_base")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
+# tiny_base: tests/conftest.py (a tiny random Llama with the real SmolLM2 tokenizer).
 def test_a_saved_adapter_merges_back_to_the_same_model(tiny_base: Path, tmp_path: Path) -> None:
     generator = load_generator(tiny_base, device="cpu")
     result = finetune(

@@ -76,6 +76,7 @@ def test_recommend_reasons_are_grounded_sentences_about_a_history_item(
         response = http.post("/recommend", json={"user_id": user, "k": 5})
     assert response.status_code == 200, response.text
     for item in response.json()["items"]:
+        assert item["reason_copy"] == "template"  # the sample's package has template copy
         found = re.fullmatch(r"(?P<text>.+) \(you interacted with (?P<seen>\S+)\)", item["reason"])
         assert found is not None, item["reason"]
         assert found["seen"] in history
@@ -83,3 +84,38 @@ def test_recommend_reasons_are_grounded_sentences_about_a_history_item(
             catalog.facts[catalog.index[item["item_id"]]], catalog.facts[catalog.index[found["seen"]]]
         )
         assert check(found["text"], facts, kind="explanation"), found["text"]
+
+
+def test_copy_the_package_lacks_is_written_by_the_generator_on_the_request_path(
+    served: Any, catalog: Any, tiny_base: Any, tmp_path: Any
+) -> None:
+    """The engine with a generator writing request-path copy (the Bento's live copy; the tiny
+    random Llama writes noise, so its texts fail the check and the template is served for them)."""
+    from ml.generation.live import LiveCopy
+    from ml.generation.load import load_generator
+    from serving.engine import ServingModel
+
+    engine = ServingModel(served.version_dir, tag=served.tag, log_dir=tmp_path / "logs")
+    generator = load_generator(tiny_base, device="cpu")
+    engine.live_copy = LiveCopy(lambda: "tiny", lambda _tag: generator, budget_s=60)
+    packaged = pd.read_parquet(served.version_dir / b.BUNDLES_DIR / b.BUNDLES_FILE)
+    seed = str(packaged.loc[packaged["item_ids"].map(len) == 3, "seed"].iloc[0])
+    # Size 2 was not packaged: built now, its copy written within the budget.
+    body = engine.bundle(item_id=seed, size=2)
+    assert body["strategy"] == "embeddings"
+    assert body["copy_status"] in {"generated", "fallback"}
+    _assert_sensible(body, catalog, 2)
+
+    user = str(served.examples["user_id"].iloc[0])
+    engine.recommend(user_id=user, k=5)  # the misses are queued, never waited for
+    assert engine.live_copy.idle(timeout=60)
+    again = engine.recommend(user_id=user, k=5)
+    assert {i["reason_copy"] for i in again["items"]} <= {"generated", "fallback"}
+    for item in again["items"]:
+        found = re.fullmatch(r"(?P<text>.+) \(you interacted with (?P<seen>\S+)\)", item["reason"])
+        assert found is not None, item["reason"]
+        facts = b.explanation_facts(
+            catalog.facts[catalog.index[item["item_id"]]], catalog.facts[catalog.index[found["seen"]]]
+        )
+        assert check(found["text"], facts, kind="explanation"), found["text"]
+    assert engine.live_copy.stats()["written"] == 2 + len(again["items"])
