@@ -59,7 +59,9 @@ class Settings(BaseSettings):
         description="Seconds the generator may spend writing bundle names, descriptions and "
         "explanations when a model version is packaged (most popular items first; the rest get "
         "the template copy). 0 (default): template copy only, so a training run's time is "
-        "unchanged; the demo and production set it.",
+        "unchanged. The production stack sets 600; the demo leaves 0 (its generator is tuned after "
+        "its recommender versions are packaged, and its Bento writes the copy on a cache miss, "
+        "serve_copy_budget_s).",
     )
     serve_copy_budget_s: float = Field(
         3.0,
