@@ -434,7 +434,8 @@ def _join(parts: Sequence[str]) -> str:
 def template(kind: Kind, facts: Facts) -> str:
     """The fallback text of a kind, built from the facts alone.
 
-    - ``bundle_name``: the items' deepest common category, else their shared brand, plus "Set";
+    - ``bundle_name``: the category the items share below the root, else their shared brand,
+      else the seed's own leaf category (:func:`set_theme`), plus "Set";
     - ``bundle_description``: the items' short titles and the total price;
     - ``explanation``: ``facts.items[0]`` is recommended because of ``facts.items[1]`` (the
       history item): what they share (brand, category), else just the link.
@@ -443,10 +444,14 @@ def template(kind: Kind, facts: Facts) -> str:
     if not items:
         raise ValueError("a template needs at least one item")
     if kind == "bundle_name":
-        theme = common_category(items)
+        # Named after the theme serving's prompt gives the generator (set_theme), so the template
+        # and the generated names agree; a brand all items share before the seed's own leaf, and
+        # never the root alone ("Beauty Set" names nothing).
+        theme = shared_leaf(items)
         brands = {fold(i.brand) for i in items if i.brand}
         if theme is None and len(brands) == 1 and all(i.brand for i in items):
             theme = items[0].brand
+        theme = theme or set_theme(items)
         name = f"{theme} Set" if theme else "Bundle Set"
         return name if len(name) <= LIMITS["bundle_name"].max_chars else "Bundle Set"
     if kind == "bundle_description":

@@ -236,12 +236,14 @@ def test_brand_index_ignores_tiny_and_empty_brands_and_prefers_the_longest() -> 
 
 # -- templates and ground() -----------------------------------------------------------------------
 def test_templates_read_well() -> None:
-    assert template("bundle_name", Facts(items=(OPI, ESSIE))) == "Beauty Set"
+    # Only the root in common: named after the seed's own leaf, as serving's prompt gives it.
+    assert template("bundle_name", Facts(items=(OPI, ESSIE))) == "Nail Strengthening Set"
     same_leaf = ItemFacts("B2", "OPI Nail Envy", "OPI", OPI.categories[:4], 12.0)
     assert template("bundle_name", Facts(items=(OPI, same_leaf))) == "Nail Treatments Set"
     brand_only = ItemFacts("B3", "OPI Lacquer", "OPI", (), 9.0)
     assert template("bundle_name", Facts(items=(OPI, brand_only))) == "OPI Set"
-    assert template("bundle_name", Facts(items=(ESSIE, brand_only))) == "Bundle Set"
+    assert template("bundle_name", Facts(items=(ESSIE, brand_only))) == "Nail Polish Set"
+    assert template("bundle_name", Facts(items=(brand_only, ESSIE))) == "Bundle Set"
     assert template("bundle_description", BUNDLE) == (
         "A set of 2: OPI Start-to-finish Base Coat and Essie Nail Polish for $15.45 in all."
     )
