@@ -10,7 +10,13 @@ if asked, machine load) to bench/results/ranking_tuning.json under ``--name``.
 Settings are chosen on the validation curve, never on test: the test figure is recorded so that a
 later benchmark run is not a surprise, not to pick a setting.
 
+``--refit-of RUN`` trains RUN's settings again for RUN's best (validation-chosen) epoch count on
+every event before the test target - the validation events become training targets, as the test
+histories already hold them - and scores the final weights on test once. There is nothing left to
+validate on, so its validation figure is RUN's.
+
     python bench/ranking_tune.py sas_full_h128 --set '{"use_text": false, "loss": "full", "hidden": 128}'
+    python bench/ranking_tune.py sas_full_h256_refit --refit-of sas_full_h256
     python bench/ranking_tune.py --list          # the runs recorded so far
 """
 
@@ -41,6 +47,12 @@ def main() -> int:
     parser.add_argument("--patience", type=int, default=10, help="validations without a better NDCG@10")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--test", action="store_true", help="score the kept weights on test once")
+    parser.add_argument(
+        "--refit-of",
+        default=None,
+        help="a recorded run: train its settings for its best epoch count with the validation "
+        "events as training targets, then score on test (implies --test)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="runs (checkpoints resume)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the runs are recorded")
     parser.add_argument("--list", action="store_true", help="print the recorded runs and exit")
@@ -69,11 +81,21 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args.name}] %(message)s")
     overrides = json.loads(args.set)
+    schedule: dict[str, Any] = {"epochs": args.epochs, "patience": args.patience}
+    chosen: dict[str, Any] | None = None
+    if args.refit_of:
+        if args.refit_of not in record["runs"]:
+            parser.error(f"--refit-of {args.refit_of!r}: no such run in {args.out} (see --list)")
+        chosen = record["runs"][args.refit_of]
+        overrides = {**chosen["overrides"], **overrides}
+        args.ties = chosen["ties"]
+        # Validated once, after the last epoch, on an empty validation set: the last weights stay.
+        epochs = int(chosen["best_epoch"])
+        schedule = {"epochs": epochs, "patience": epochs + 1, "eval_every": epochs}
     config = TrainConfig(
         **{
             **NEURAL,
-            "epochs": args.epochs,
-            "patience": args.patience,
+            **schedule,
             "num_threads": args.threads,
             "progress": False,
             "val_max_cases": 3000,
@@ -84,7 +106,7 @@ def main() -> int:
     load_start = [round(x, 2) for x in os.getloadavg()]
     data = load(args.ties, None)
     started = time.perf_counter()
-    result = train(data, config, work / args.name)
+    result = train(data.validation_trained() if chosen else data, config, work / args.name)
     run: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "ties": args.ties,
@@ -97,7 +119,16 @@ def main() -> int:
         "train_seconds": round(time.perf_counter() - started, 1),
         "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
     }
-    if args.test:
+    if chosen is not None:
+        run.update(
+            {
+                "refit_of": args.refit_of,
+                "val_ndcg@10": chosen["val_ndcg@10"],
+                "val_curve": [],
+                "note": "trained on train + validation targets for the epochs validation chose",
+            }
+        )
+    if args.test or chosen is not None:
         metrics = evaluate(result.model, data, "test")
         run["test"] = {k: round(metrics[k], 4) for k in ("ndcg@10", "recall@10", "ndcg@20", "recall@20")}
     record["runs"][args.name] = run

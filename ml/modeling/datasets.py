@@ -168,6 +168,23 @@ class TrainingData:
             time_split=[self.time_split[i] for i in keep],
         )
 
+    def validation_trained(self) -> TrainingData:
+        """The same data with each user's leave-one-out validation event moved into training.
+
+        For a refit after the settings (the epoch count among them) were chosen on validation: the
+        model then learns from every event before the test target, as the test histories already
+        hold it. Nothing is left to validate on (``cases("validation")`` is empty).
+        """
+        return TrainingData(
+            source=self.source,
+            item_ids=self.item_ids,
+            item_texts=self.item_texts,
+            user_ids=self.user_ids,
+            sequences=self.sequences,
+            loo_split=[np.where(codes == SPLIT_CODES["validation"], 0, codes) for codes in self.loo_split],
+            time_split=list(self.time_split),
+        )
+
     def used_catalog(self) -> TrainingData:
         """The same users with the catalog cut to the items they interacted with.
 

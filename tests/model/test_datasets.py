@@ -90,6 +90,18 @@ def test_from_frames_orders_splits_and_keeps_cold_items() -> None:
     assert data.train_sequences()[0].tolist() == [idx["A"], idx["B"]]
 
 
+def test_a_refit_trains_on_the_validation_event_and_keeps_the_test_target() -> None:
+    data = from_frames(_examples(), _items(), source="beauty")
+    refit = data.validation_trained()
+    idx = data.item_index
+    assert refit.train_sequences()[0].tolist() == [idx["A"], idx["B"], idx["C"]]
+    assert len(refit.cases("validation")) == 0
+    test, before = refit.cases("test"), data.cases("test")
+    assert test.targets.tolist() == before.targets.tolist() == [idx["D"]]
+    assert [h.tolist() for h in test.histories] == [h.tolist() for h in before.histories]
+    assert data.loo_split[0].tolist() == [0, 0, 1, 2]  # the original is untouched
+
+
 def test_from_frames_names_the_broken_column() -> None:
     with pytest.raises(TrainingDataError, match=r"examples\.item_id: missing"):
         from_frames(_examples().drop(columns="item_id"), _items())
