@@ -106,6 +106,10 @@ bench-generation: $(STAMP)  ## the generator on CPU: tokens/s, latency, fine-tun
 bench-pii: $(STAMP)  ## PII scrubber: phone false positives on real catalog/review text, recall on labelled PII, old vs new
 	$(BIN)/python bench/pii.py
 
+.PHONY: bench-live-copy
+bench-live-copy: $(STAMP)  ## copy written on a serving cache miss (after make demo): seconds per bundle / reasons vs the template
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/live_copy.py
+
 .PHONY: bench-bundles
 bench-bundles: $(STAMP)  ## bundle hit rate on a later period (Online Retail II + Beauty): ShopFlow vs top co-purchase pairs vs same-category popularity
 	HF_HUB_OFFLINE=1 nice -n 10 $(BIN)/python bench/bundles.py
