@@ -749,6 +749,11 @@ class ServingModel:
                     f"unknown item_id {item_id!r}: not in the catalog of model {self.tag}; "
                     "send the new item's title (and category) instead",
                 )
+            if not catalog.priced(i):
+                raise ServingError(
+                    404,
+                    f"item {item_id!r} has no price in the catalog of model {self.tag}: a bundle has a total",
+                )
             seed, basis = b.Seed(catalog.facts[i], i), "item"
         elif user_id is not None:
             history = [index[x] for x in self.histories.get(str(user_id), []) if x in index]
@@ -756,8 +761,13 @@ class ServingModel:
                 raise ServingError(
                     404, f"user {user_id!r} has no history with model {self.tag}: send an item_id or a title"
                 )
-            # The latest item of the history that has a packaged bundle, else the latest.
-            i = next((h for h in reversed(history) if self.item_ids[h] in self.packaged_bundles), history[-1])
+            # The latest item of the history that has a packaged bundle, else the latest priced one.
+            priced = [h for h in history if catalog.priced(h)]
+            if not priced:
+                raise ServingError(
+                    404, f"user {user_id!r} has no priced item in their history with model {self.tag}"
+                )
+            i = next((h for h in reversed(priced) if self.item_ids[h] in self.packaged_bundles), priced[-1])
             seed, basis = b.Seed(catalog.facts[i], i), "user"
         elif title is not None:
             if self.unit_text is None:

@@ -356,11 +356,13 @@ def showcase(base_url: str, settings: Settings) -> list[str]:
     # Only a promoted generator writes copy on the request path: without one, templates it is.
     wait_s = SHOWCASE_COPY_WAIT_S if registry.generator_champion(settings) else 0.0
 
-    bundle, took = post_until_written("/bundle", {"item_id": item["item_id"]}, lambda a: [a["copy_status"]])
+    # A bundle has a total: its seed is the first hit with a price.
+    seed = next((i for i in found["items"] if i.get("price") is not None), item)
+    bundle, took = post_until_written("/bundle", {"item_id": seed["item_id"]}, lambda a: [a["copy_status"]])
     if bundle:
         members = "; ".join(f"{b['title'][:40]} ({b.get('price')})" for b in bundle["items"])
         lines.append(
-            f"  /bundle {item['item_id']} → {bundle['name']!r}: {bundle['description']!r}\n"
+            f"  /bundle {seed['item_id']} → {bundle['name']!r}: {bundle['description']!r}\n"
             f"      {members}; total {bundle.get('total_price')} [{bundle['copy_status']}]"
             + (f" ({took})" if took else "")
         )

@@ -426,6 +426,8 @@ def make_bundle(
     """A bundle around ``seed`` (None when fewer than two items fit the rules)."""
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"bundle size must be {MIN_SIZE}..{MAX_SIZE}, not {size}")
+    if seed.index is not None and not catalog.priced(seed.index):
+        return None  # a bundle has a total: a catalog seed without a price has none
     found = candidates(catalog, seed, copurchase, unit_embeddings, seed_vector, n_neighbours=20 * size)
     chosen = choose(catalog, seed, found, size)
     if len(chosen) < MIN_SIZE:

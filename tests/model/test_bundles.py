@@ -126,6 +126,9 @@ def test_bundle_prefers_copurchase_and_spans_leaf_categories(beauty_catalog: tup
     leaves = _leaves(catalog, bundle.item_ids)
     assert len(set(leaves)) == len(leaves) == 3
     assert bundle.total_price == pytest.approx(sum(catalog.prices[catalog.index[i]] for i in bundle.item_ids))
+    # A bundle has a total: a seed without a price gets none.
+    unpriced = next(i for i in catalog.item_ids if i and not catalog.priced(catalog.index[i]))
+    assert b.make_bundle(catalog, catalog.seed(unpriced), {}, unit, size=3) is None
     # Without the rule the nearest items are mostly the seed's own kind: the rule is what spans leaves.
     chosen = b.choose(
         catalog, catalog.seed(seed), b.candidates(catalog, catalog.seed(seed), {}, unit), 3, False

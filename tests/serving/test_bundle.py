@@ -93,7 +93,7 @@ def test_copy_the_package_lacks_is_written_by_the_generator_on_the_request_path(
     random Llama writes noise, so its texts fail the check and the template is served for them)."""
     from ml.generation.live import LiveCopy
     from ml.generation.load import load_generator
-    from serving.engine import ServingModel
+    from serving.engine import ServingError, ServingModel
 
     engine = ServingModel(served.version_dir, tag=served.tag, log_dir=tmp_path / "logs")
     generator = load_generator(tiny_base, device="cpu")
@@ -105,6 +105,10 @@ def test_copy_the_package_lacks_is_written_by_the_generator_on_the_request_path(
     assert body["strategy"] == "embeddings"
     assert body["copy_status"] in {"generated", "fallback"}
     _assert_sensible(body, catalog, 2)
+
+    unpriced = next(i for i in catalog.item_ids[1:] if not catalog.priced(catalog.index[i]))
+    with pytest.raises(ServingError, match="has no price .*a bundle has a total"):
+        engine.bundle(item_id=unpriced)
 
     user = str(served.examples["user_id"].iloc[0])
     engine.recommend(user_id=user, k=5)  # the misses are queued, never waited for
