@@ -35,6 +35,7 @@ def test_the_ranking_benchmark_runs_on_a_slice_and_writes_every_model(tmp_path: 
             "--out",
             str(out),
             "--no-check",
+            "--refit",
         ],
         cwd=PROJECT_DIR,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -51,3 +52,5 @@ def test_the_ranking_benchmark_runs_on_a_slice_and_writes_every_model(tmp_path: 
         assert 0.0 <= row["ndcg@10"] <= row["recall@10"] <= 1.0, name
     assert result["configs"]["shopflow"]["loss"] == result["configs"]["sasrec"]["loss"]
     assert result["users"] == 300
+    for name in ("SASRec (ID-only)", "ShopFlow (text+ID)"):  # refit for the epochs validation chose
+        assert rows[name]["refit_epochs"] == 1 and "ndcg@10" in rows[name]["test_before_refit"], name
