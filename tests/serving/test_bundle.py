@@ -107,7 +107,7 @@ def test_copy_the_package_lacks_is_written_by_the_generator_on_the_request_path(
     _assert_sensible(body, catalog, 2)
 
     unpriced = next(i for i in catalog.item_ids[1:] if not catalog.priced(catalog.index[i]))
-    with pytest.raises(ServingError, match="has no price .*a bundle has a total"):
+    with pytest.raises(ServingError, match=r"has no price .*a bundle has a total"):
         engine.bundle(item_id=unpriced)
 
     user = str(served.examples["user_id"].iloc[0])
