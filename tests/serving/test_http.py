@@ -35,7 +35,7 @@ def test_recommend_by_user_and_by_history(client: TestClient, served: Any) -> No
     assert body["model_version"] == served.tag
     assert body["strategy"] == "personalized"
     assert len(body["items"]) == 5
-    assert set(body["items"][0]) == {"item_id", "title", "score", "reason"}
+    assert set(body["items"][0]) == {"item_id", "title", "score", "reason", "reason_copy"}
     anon = client.post("/recommend", json={"recent_items": served.history(user)[:2], "k": 3})
     assert anon.status_code == 200 and len(anon.json()["items"]) == 3
 
