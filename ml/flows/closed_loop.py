@@ -356,8 +356,14 @@ def showcase(base_url: str, settings: Settings) -> list[str]:
     # Only a promoted generator writes copy on the request path: without one, templates it is.
     wait_s = SHOWCASE_COPY_WAIT_S if registry.generator_champion(settings) else 0.0
 
-    # A bundle has a total: its seed is the first hit with a price.
-    seed = next((i for i in found["items"] if i.get("price") is not None), item)
+    # A bundle has a total: its seed is the first hit the Bento's catalog prices (search shows
+    # price bands, so ask /bundle itself; an unpriced seed is a quick 404).
+    seed = item
+    for hit in found["items"]:
+        body = {"item_id": hit["item_id"]}
+        if httpx.post(f"{base_url}/bundle", json=body, headers=headers, timeout=120).status_code == 200:
+            seed = hit
+            break
     bundle, took = post_until_written("/bundle", {"item_id": seed["item_id"]}, lambda a: [a["copy_status"]])
     if bundle:
         members = "; ".join(f"{b['title'][:40]} ({b.get('price')})" for b in bundle["items"])
