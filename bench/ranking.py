@@ -449,9 +449,7 @@ def main() -> int:
     if earlier is not None:
         # The main tables this run did not train are kept as that earlier run wrote them, when it
         # trained its models with this run's settings (a table of other settings is dropped).
-        same = all(
-            _settings(earlier.get("configs", {}).get(k, {})) == _settings(configs[k]) for k in configs
-        )
+        same = all(_settings(earlier.get("configs", {}).get(k, {})) == _settings(configs[k]) for k in configs)
         for t, rows in earlier.get("tables", {}).items():
             if t not in tables and not same:
                 print(f"--merge: dropped {t} of {earlier['date']}: trained with other settings", flush=True)
@@ -464,7 +462,9 @@ def main() -> int:
             tables["ablation"] = ablation["rows"]
 
     order = ["Popularity", "Item-kNN", SASREC, OURS]
-    main_tables = {t: {n: tables[t][n] for n in order if n in tables[t]} for t in sorted(tables) if t != "ablation"}
+    main_tables = {
+        t: {n: tables[t][n] for n in order if n in tables[t]} for t in sorted(tables) if t != "ablation"
+    }
     for t, rows in main_tables.items():
         print_table(f"Main table, {t.replace('_', ' ')} (test, full catalog)", rows)
     if "ablation" in tables:
