@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 SHOPFLOW_WORK_DIR ?= $(CURDIR)/.shopflow
 PORT ?= 3000
 
-.PHONY: help install demo serve test test-slow lint bench-data_pipeline bench-ranking bench-review-text bench-train_throughput bench-drift bench-serving bench-pii bench-demo clean bench-generation celery-local
+.PHONY: help install demo serve test test-slow lint gpu-pack bench-gpu bench-data_pipeline bench-ranking bench-review-text bench-train_throughput bench-drift bench-serving bench-pii bench-demo clean bench-generation celery-local
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -83,6 +83,12 @@ bench-demo: $(STAMP)  ## the main job timed from cold in its own work dir (run o
 
 bench-drift: $(STAMP)  ## Evidently drift at 1M and 10M lines (real + labelled synthetic copies): warehouse sample vs pandas vs unsampled
 	SHOPFLOW_DUCKDB_MEMORY_LIMIT=512MB $(BIN)/python bench/drift.py
+
+gpu-pack: $(STAMP)  ## write .gpu/ (wheels the GPU machine lacks + the encoder in fp16) for make bench-gpu
+	$(BIN)/python bench/gpu.py pack
+
+bench-gpu:  ## ON THE LENT GPU MACHINE (its own python3; carry .gpu): CUDA throughput + ranking -> bench/results/*_cuda.json
+	python3 bench/gpu.py run
 
 bench-train_throughput: $(STAMP)  ## samples/s and tokens/s of fine-tuning (frozen, lora, full); MFU on CUDA
 	$(BIN)/python bench/train_throughput.py

