@@ -306,6 +306,11 @@ def main() -> int:
     parser.add_argument("--tuning", type=Path, default=None, help="a JSON of validation tuning runs to embed")
     parser.add_argument("--no-check", action="store_true", help="exit 0 even if ours does not beat SASRec")
     parser.add_argument(
+        "--encoder",
+        default="default",
+        help="'default' (the packaged MiniLM) or a folder of Hugging Face files (bench/gpu.py's fp16 copy)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the tables of --out that this run does not train (e.g. run --ties file, then "
@@ -339,6 +344,8 @@ def main() -> int:
         "progress": False,
         "val_max_cases": 3000,
     }
+    if args.encoder != "default":
+        common["encoder"] = args.encoder
     configs = {"sasrec": {**common, **SASREC_SETTINGS}, "shopflow": {**common, "mode": "frozen"}}
 
     data = load("file", args.users)
@@ -418,7 +425,7 @@ def main() -> int:
         # vectors, so the text models' workers only read the cache (no two encode the catalog).
         first = [t for t in tasks if _catalog_vectors(t) is None]
         futures: list[Future[tuple[str, str, dict[str, Any]]]] = [pool.submit(job, t) for t in first]
-        encoder = TextEncoder()
+        encoder = TextEncoder(args.encoder)
         path = cache_path(encoder, work / "embedding_cache")
         waited = 0.0
         while args.cache_wait and not path.exists() and waited < args.cache_wait:
@@ -428,7 +435,7 @@ def main() -> int:
         futures += [pool.submit(job, t) for t in tasks if _catalog_vectors(t) == "full"]
         if any(_catalog_vectors(t) == "slice" for t in tasks):
             part = load("file", args.ablation_users).used_catalog()
-            encoder = TextEncoder(max_tokens=int(FINE_TUNE["max_text_tokens"]))
+            encoder = TextEncoder(args.encoder, max_tokens=int(FINE_TUNE["max_text_tokens"]))
             item_embeddings(part, encoder, work / "ablation_cache")
             futures += [pool.submit(job, t) for t in tasks if _catalog_vectors(t) == "slice"]
         timeout = None if deadline is None else max(1.0, deadline - time.time())

@@ -116,6 +116,7 @@ def run_mode(
     )
     config = TrainConfig(
         mode=mode,  # type: ignore[arg-type]
+        encoder=args.encoder,
         batch_size=sequences_per_step,
         encoder_items_per_step=items_per_step,
         num_threads=threads,
@@ -214,6 +215,11 @@ def main() -> int:
         help="on CUDA, the full fine-tune again at these SEQUENCESxITEMS per step (the MFU sweep)",
     )
     parser.add_argument("--compile", action="store_true", help="on CUDA, also each sweep row compiled")
+    parser.add_argument(
+        "--encoder",
+        default="default",
+        help="'default' (the packaged MiniLM) or a folder of Hugging Face files (bench/gpu.py's fp16 copy)",
+    )
     parser.add_argument("--device", choices=["auto", "cpu"], default="auto")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -235,7 +241,7 @@ def main() -> int:
     print(
         f"{data.num_users} users, {data.num_items - 1} items; device {'cuda' if cuda else 'cpu'}", flush=True
     )
-    encoder = TextEncoder()
+    encoder = TextEncoder(args.encoder)
     embeddings, _ = item_embeddings(data, encoder, settings.work_dir / "bench" / "embedding_cache")
 
     # Attention's cost grows with each text's length: the mean of the catalog's, as trained on.

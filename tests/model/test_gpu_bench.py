@@ -1,18 +1,15 @@
-"""What `make bench-gpu` relies on that this CPU machine can check: the carried fp16 encoder, the
-setting that points the default encoder at it, and the FLOP count MFU is figured from."""
+"""What `make bench-gpu` relies on that this CPU machine can check: the carried fp16 encoder and
+the FLOP count MFU is figured from."""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import pytest
 import torch
 from torch import nn
 
-from ml.core.settings import get_settings
 from ml.modeling.model import TextEncoder, resolve_encoder
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -24,24 +21,6 @@ def bench_module(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def fresh_settings() -> Iterator[None]:
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-def test_the_encoder_dir_setting_replaces_the_packaged_encoder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_settings: None
-) -> None:
-    packaged = resolve_encoder("default")
-    assert Path(packaged, "model.safetensors").exists()
-    monkeypatch.setenv("SHOPFLOW_ENCODER_DIR", str(tmp_path))
-    get_settings.cache_clear()
-    assert resolve_encoder("default") == str(tmp_path)
-    assert resolve_encoder("some/other-encoder") == "some/other-encoder"  # a named one is untouched
 
 
 def test_the_fp16_copy_is_half_the_bytes_and_encodes_as_the_original(tmp_path: Path) -> None:
