@@ -217,6 +217,7 @@ def job(task: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
             )
             held = evaluate_test(result.model, data)
             extra |= {"refit_epochs": epochs, "refit_seconds": round(refit.train_seconds, 1)}
+            extra |= {"refit_stop_reason": refit.stop_reason}  # "time budget": cut by --deadline
             extra |= {"test_before_refit": {k: held[k] for k in ("ndcg@10", "recall@10")}}
             model, seconds = refit.model, result.train_seconds + refit.train_seconds
         out = row(model, data, seconds, extra)
