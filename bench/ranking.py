@@ -100,7 +100,7 @@ NEURAL: dict[str, Any] = {
 # unrecorded run stopped at epoch 13, issue 11's note of 2026-12-04) against 0.0503 at 256; this
 # run's own curve is in the result. A wider ID-only baseline only makes ours harder to beat.
 SASREC_SETTINGS: dict[str, Any] = {"use_text": False, "hidden": 384}
-ABLATION = {
+ABLATION: dict[str, dict[str, Any]] = {
     "text off (SASRec, ID only)": {"use_text": False},
     "text frozen, ID off": {"mode": "frozen", "use_id_embedding": False},
     "text frozen + ID": {"mode": "frozen"},
@@ -452,8 +452,8 @@ def main() -> int:
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.terminate()
     missing = [t for t in tasks if t["name"] not in tables.get(t["table"], {})]
-    for t in missing:
-        tables.setdefault(t["table"], {})[t["name"]] = {
+    for task in missing:
+        tables.setdefault(task["table"], {})[task["name"]] = {
             "not_finished": f"not done by --deadline {args.deadline}"
         }
 

@@ -116,7 +116,7 @@ def run_mode(
     )
     config = TrainConfig(
         mode=mode,  # type: ignore[arg-type]
-        encoder=args.encoder,
+        encoder=args.encoder,  # type: ignore[call-arg]  # a model field, routed by TrainConfig
         batch_size=sequences_per_step,
         encoder_items_per_step=items_per_step,
         num_threads=threads,
