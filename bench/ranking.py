@@ -96,9 +96,9 @@ NEURAL: dict[str, Any] = {
     "hidden": 256,
     "max_len": 50,
 }
-# SASRec alone goes wider: at width 384 its validation NDCG@10 reached 0.0516 by epoch 10 (an
-# unrecorded run stopped at epoch 13, issue 11's note of 2026-12-04) against 0.0503 at 256; this
-# run's own curve is in the result. A wider ID-only baseline only makes ours harder to beat.
+# SASRec alone goes wider: at width 384 its validation NDCG@10 reached 0.0510 by epoch 10 (the
+# val_curve in ranking.json, 2026-12-04) against 0.0503 at 256 (ranking_tuning.json). A wider
+# ID-only baseline only makes ours harder to beat.
 SASREC_SETTINGS: dict[str, Any] = {"use_text": False, "hidden": 384}
 ABLATION: dict[str, dict[str, Any]] = {
     "text off (SASRec, ID only)": {"use_text": False},
