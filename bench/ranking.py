@@ -168,6 +168,16 @@ def neural_extra(result: Any) -> dict[str, Any]:
     }
 
 
+def _time_left(task: dict[str, Any]) -> dict[str, float]:
+    """The training budget under ``--deadline``, read when a training starts (none without one).
+
+    It leaves ``eval_margin`` seconds to evaluate on test and write the result before the deadline.
+    """
+    if task.get("deadline") is None:
+        return {}
+    return {"max_seconds": max(0.0, task["deadline"] - time.time() - task["eval_margin"])}
+
+
 def job(task: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """One training and its test figures, in a worker process (one torch thread)."""
     import torch
@@ -196,11 +206,7 @@ def job(task: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
             {"neighbours": knn.neighbours, "recency": knn.recency, "val_ndcg@10": val},
         )
     else:
-        over: dict[str, Any] = {}
-        if task.get("deadline") is not None:
-            # Leave time to evaluate on test and write the result before the deadline.
-            over["max_seconds"] = max(0.0, task["deadline"] - time.time() - task["eval_margin"])
-        config = TrainConfig(**{**task["config"], **over})
+        config = TrainConfig(**{**task["config"], **_time_left(task)})
         result = train(data, config, task["out_dir"])
         extra = neural_extra(result)
         model, seconds = result.model, result.train_seconds
@@ -208,11 +214,9 @@ def job(task: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
             # The epochs validation chose, trained again on every event before the test target.
             epochs = result.best_epoch
             schedule = {"epochs": epochs, "patience": epochs + 1, "eval_every": epochs}
-            if task.get("deadline") is not None:
-                over["max_seconds"] = max(0.0, task["deadline"] - time.time() - task["eval_margin"])
             refit = train(
                 data.validation_trained(),
-                TrainConfig(**{**task["config"], **over, **schedule}),
+                TrainConfig(**{**task["config"], **_time_left(task), **schedule}),
                 Path(task["out_dir"]) / "refit",
             )
             held = evaluate_test(result.model, data)

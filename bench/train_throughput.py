@@ -101,9 +101,12 @@ def run_mode(
     shape: tuple[int, int] | None = None,
     compiled: bool = False,
     peak: float | None = None,
+    *,
+    text_tokens: float,
 ) -> dict[str, Any]:
     """Time ``steps`` optimizer steps of one mode (after ``args.warmup`` untimed ones); ``shape``
-    is (sequences, encoder items) per step, else the defaults for the device."""
+    is (sequences, encoder items) per step, else the defaults for the device; ``text_tokens`` is
+    the catalog's mean text length, the length that attention's FLOPs grow with."""
     import torch
 
     from ml.modeling.config import TrainConfig
@@ -156,9 +159,7 @@ def run_mode(
     if trainer.encoder is not None and mode != "frozen":
         enc = trainer.encoder.model.config
         enc_params = non_embedding_params(trainer.encoder.model)
-        enc_flops = matmul_flops(
-            enc_params, tokens, enc.num_hidden_layers, enc.hidden_size, args.mean_text_tokens
-        )
+        enc_flops = matmul_flops(enc_params, tokens, enc.num_hidden_layers, enc.hidden_size, text_tokens)
     flops = rec_flops + enc_flops
     trainable = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"] if p.requires_grad)
     row: dict[str, Any] = {
@@ -246,7 +247,7 @@ def main() -> int:
 
     # Attention's cost grows with each text's length: the mean of the catalog's, as trained on.
     lengths = encoder.tokenizer(list(data.item_texts), truncation=True, max_length=encoder.max_tokens)
-    args.mean_text_tokens = sum(len(ids) for ids in lengths["input_ids"]) / max(len(lengths["input_ids"]), 1)
+    mean_text_tokens = sum(len(ids) for ids in lengths["input_ids"]) / max(len(lengths["input_ids"]), 1)
     peak = measured_bf16_peak() if cuda else None
     sheet = gpu_peak(torch.cuda.get_device_name(0)) if cuda else None
     if peak:
@@ -260,7 +261,11 @@ def main() -> int:
         for mode in args.modes:
             steps = args.steps or (CUDA_STEPS if cuda else CPU_STEPS)[mode]
             print(f"{mode}: {steps} steps{f' on {threads} thread(s)' if threads else ''} …", flush=True)
-            rows.append(run_mode(mode, data, embeddings, steps, threads, args, peak=peak))
+            rows.append(
+                run_mode(
+                    mode, data, embeddings, steps, threads, args, peak=peak, text_tokens=mean_text_tokens
+                )
+            )
     if cuda and "full" in args.modes:
         steps = args.steps or CUDA_STEPS["full"]
         for spec in args.cuda_batches:
@@ -273,7 +278,16 @@ def main() -> int:
                 try:
                     rows.append(
                         run_mode(
-                            "full", data, embeddings, steps, None, args, (sequences, items), compiled, peak
+                            "full",
+                            data,
+                            embeddings,
+                            steps,
+                            None,
+                            args,
+                            (sequences, items),
+                            compiled,
+                            peak,
+                            text_tokens=mean_text_tokens,
                         )
                     )
                 except (RuntimeError, torch.OutOfMemoryError) as error:  # a size that does not fit
@@ -318,7 +332,7 @@ def main() -> int:
         "length x tokens (attention), for the encoder (its tokens, length: the catalog's mean text) "
         "and the recommender (its positions, length: max_len); the sampled softmax's logits are "
         "not counted",
-        "mean_text_tokens": round(args.mean_text_tokens, 1),
+        "mean_text_tokens": round(mean_text_tokens, 1),
         "bf16_peak_tflop_per_s": {
             "measured": round(peak / 1e12, 1) if peak else None,
             "data_sheet": (sheet or 0) / 1e12 or None,
