@@ -46,8 +46,13 @@ def test_the_ranking_benchmark_runs_on_a_slice_and_writes_every_model(tmp_path: 
     for name in ("SASRec (ID-only)", "ShopFlow (text+ID)"):  # refit for the epochs validation chose
         assert rows[name]["refit_epochs"] == 1 and "ndcg@10" in rows[name]["test_before_refit"], name
 
-    # The shuffled table, trained by a second run, joins the first run's table in the same file.
-    merged = bench("shuffled", "--refit", "--merge")
+    # The shuffled table, trained by a second run (with another epoch budget), joins the first
+    # run's table in the same file; the kept table keeps the settings it was trained with.
+    merged = bench("shuffled", "--refit", "--merge", "--epochs", "2")
     assert merged["tables"]["ties_file"] == rows and set(merged["tables"]["ties_shuffled"]) == set(rows)
     assert merged["carried"] == {"ties_file": result["date"]}
+    assert merged["configs"]["sasrec"]["epochs"] == 2
+    assert merged["carried_configs"] == {
+        "ties_file": {k: result["configs"][k] for k in ("sasrec", "shopflow")}
+    }
     assert merged["targets_issue_11"] == result["targets_issue_11"]  # judged on the file-order table
