@@ -97,7 +97,7 @@ NEURAL: dict[str, Any] = {
     "max_len": 50,
 }
 # SASRec alone goes wider: at width 384 its validation NDCG@10 reached 0.0510 by epoch 10 (the
-# val_curve in ranking.json, 2026-12-04) against 0.0503 at 256 (ranking_tuning.json). A wider
+# val_curve in ranking.json as of commit 3d70906) against 0.0503 at 256 (ranking_tuning.json). A wider
 # ID-only baseline only makes ours harder to beat.
 # Its seed was chosen on validation too: at width 384, seeds 42, 1 and 2 reached 0.0510, 0.0495 and
 # 0.0519 (ranking_tuning.json, sas_full_h384_seed*). Ours keeps the first seed, 42.
