@@ -253,10 +253,41 @@ def main() -> int:
     if peak:
         print(f"measured bf16 dense peak: {peak / 1e12:.0f} TFLOP/s", flush=True)
 
+    rows: list[dict] = []
+    result = {
+        "benchmark": "train_throughput",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dataset": f"Amazon Beauty 5-core, {data.num_users} users, {data.num_items - 1} items",
+        "encoder": encoder.path,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
+        "flops_convention": "matmuls only: 6 x non-embedding params x tokens + 12 x layers x width x "
+        "length x tokens (attention), for the encoder (its tokens, length: the catalog's mean text) "
+        "and the recommender (its positions, length: max_len); the sampled softmax's logits are "
+        "not counted",
+        "mean_text_tokens": round(mean_text_tokens, 1),
+        "bf16_peak_tflop_per_s": {
+            "measured": round(peak / 1e12, 1) if peak else None,
+            "data_sheet": (sheet or 0) / 1e12 or None,
+        },
+        "results": rows,
+    }
+
+    def save() -> None:
+        """Write what has run so far: a row cut short by the GPU machine's time limit loses only itself."""
+        result["machine"]["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
     thread_counts: list[int | None] = [None]
     if not cuda:
         thread_counts = list(args.threads or sorted({1, min(2, os.cpu_count() or 1)}))
-    rows = []
     for threads in thread_counts:
         for mode in args.modes:
             steps = args.steps or (CUDA_STEPS if cuda else CPU_STEPS)[mode]
@@ -266,6 +297,7 @@ def main() -> int:
                     mode, data, embeddings, steps, threads, args, peak=peak, text_tokens=mean_text_tokens
                 )
             )
+            save()
     if cuda and "full" in args.modes:
         steps = args.steps or CUDA_STEPS["full"]
         for spec in args.cuda_batches:
@@ -294,6 +326,7 @@ def main() -> int:
                     rows.append(
                         {"mode": "full", "batch": spec, "compiled": compiled, "error": str(error)[:300]}
                     )
+                save()
                 torch.cuda.empty_cache()
 
     cols = [
@@ -315,32 +348,7 @@ def main() -> int:
             line += f"{row['mfu'] if row['mfu'] is not None else 'n/a':>8}"
         print(line)
 
-    result = {
-        "benchmark": "train_throughput",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "dataset": f"Amazon Beauty 5-core, {data.num_users} users, {data.num_items - 1} items",
-        "encoder": encoder.path,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-        },
-        "flops_convention": "matmuls only: 6 x non-embedding params x tokens + 12 x layers x width x "
-        "length x tokens (attention), for the encoder (its tokens, length: the catalog's mean text) "
-        "and the recommender (its positions, length: max_len); the sampled softmax's logits are "
-        "not counted",
-        "mean_text_tokens": round(mean_text_tokens, 1),
-        "bf16_peak_tflop_per_s": {
-            "measured": round(peak / 1e12, 1) if peak else None,
-            "data_sheet": (sheet or 0) / 1e12 or None,
-        },
-        "results": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save()
     print(f"wrote {args.out}")
     return 0
 
