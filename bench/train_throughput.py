@@ -196,7 +196,13 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode (default: per device)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--users", type=int, default=300, help="users whose sequences (and items) are used")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=300,
+        help="users whose sequences (and items) are used; 0: all (the CUDA sweep's large batches need "
+        "the whole catalog: 300 users reach only ~2,100 items, which capped earlier sweep rows)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per step")
     parser.add_argument("--encoder-items", type=int, default=32, help="items re-encoded per step on CPU")
     parser.add_argument(
@@ -212,7 +218,7 @@ def main() -> int:
     parser.add_argument(
         "--cuda-batches",
         nargs="*",
-        default=["256x1024", "1024x4096", "2048x8192"],
+        default=["256x1024", "2048x8192", "4096x12101"],
         help="on CUDA, the full fine-tune again at these SEQUENCESxITEMS per step (the MFU sweep)",
     )
     parser.add_argument("--compile", action="store_true", help="on CUDA, also each sweep row compiled")
@@ -234,8 +240,9 @@ def main() -> int:
 
     settings = get_settings()
     examples, items = shipped_frames(settings.data_dir)
-    users = examples["user_id"].drop_duplicates().sample(n=args.users, random_state=0)
-    examples = examples[examples["user_id"].isin(users)]
+    if args.users:
+        users = examples["user_id"].drop_duplicates().sample(n=args.users, random_state=0)
+        examples = examples[examples["user_id"].isin(users)]
     items = items[items["item_id"].isin(examples["item_id"])]
     data = from_frames(examples, items, source="beauty")
     cuda = torch.cuda.is_available() and args.device != "cpu"
