@@ -147,7 +147,7 @@ class Trainer:
                 encoder.model = get_peft_model(encoder.model, lora)
             encoder.to(self.device).train()
             self.model.encoder = encoder
-            self.item_texts = np.asarray(data.item_texts, dtype=object)
+            self.item_tokens, self.token_counts = encoder.tokenize_catalog(data.item_texts)
         elif encoder is not None:
             # Frozen: keep the encoder for search/new items but off the autograd path.
             encoder.requires_grad_(False)
@@ -226,9 +226,9 @@ class Trainer:
         others = items[~torch.isin(items, target_set) & (items != PAD)]
         others = others[torch.randperm(len(others), device=others.device)]
         chosen = torch.cat([target_set, others])[:limit]
-        texts = list(self.item_texts[chosen.cpu().numpy()])
-        tokens = self.encoder.tokenize(texts)
-        return chosen, self.encoder.pool(tokens), int(tokens["attention_mask"].sum())
+        counts = self.token_counts[chosen.cpu().numpy()]
+        tokens = self.encoder.rows(self.item_tokens, chosen, int(counts.max()))
+        return chosen, self.encoder.pool(tokens), int(counts.sum())
 
     def step(self, batch: Batch) -> StepStats:
         """One optimizer update on a batch."""
