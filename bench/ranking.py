@@ -127,7 +127,11 @@ def machine(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "shared": "the 2 cores are shared with other engineers' jobs: seconds depend on their load",
+        **(
+            {}
+            if torch.cuda.is_available()
+            else {"shared": "the 2 cores are shared with other engineers' jobs: seconds depend on their load"}
+        ),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -293,7 +297,7 @@ def main() -> int:
     parser.add_argument(
         "--deadline",
         default=None,
-        help="UTC time HH:MM by which every model must be trained and tested: no neural model starts "
+        help="UTC time HH:MM[:SS] by which every model must be trained and tested: no neural model starts "
         "an epoch it may not finish before it (its best validated weights so far are kept)",
     )
     parser.add_argument(
@@ -368,9 +372,9 @@ def main() -> int:
 
     deadline = None
     if args.deadline:
-        hour, minute = (int(x) for x in args.deadline.split(":"))
+        hour, minute, second = ([int(x) for x in args.deadline.split(":")] + [0])[:3]
         now = datetime.now(UTC)
-        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+        deadline = now.replace(hour=hour, minute=minute, second=second, microsecond=0).timestamp()
         if deadline <= now.timestamp():
             parser.error(f"--deadline {args.deadline} UTC has passed")
     tasks: list[dict[str, Any]] = []
