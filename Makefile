@@ -50,6 +50,8 @@ serve: $(STAMP)  ## serve the current champion (after make demo) on http://127.0
 lint: $(STAMP)  ## ruff + mypy + the one-way import contracts (.importlinter)
 	$(BIN)/ruff check .
 	$(BIN)/mypy ml expectations serving dags
+	@# bench/ is scripts, not a package (bench/serving.py would shadow the serving package): by file.
+	$(BIN)/mypy --explicit-package-bases bench/*.py
 	$(BIN)/lint-imports
 
 # wrk (Debian's package) is the serving benchmark's load generator: C, one thread, so the client

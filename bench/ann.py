@@ -284,7 +284,11 @@ def goal_at(row: dict[str, Any]) -> dict[str, Any]:
         }
 
     def met(point: dict[str, Any] | None) -> bool:
-        return bool(point) and point["recall_at_10"] >= GOAL_RECALL and point["speedup_p50"] >= GOAL_SPEEDUP
+        return (
+            point is not None
+            and point["recall_at_10"] >= GOAL_RECALL
+            and point["speedup_p50"] >= GOAL_SPEEDUP
+        )
 
     summary = (
         f"tuned efSearch {chosen['ef_search']}: recall@10 {chosen['recall_at_10']} at "

@@ -43,7 +43,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -170,7 +170,7 @@ def _score(
     name: str,
     set_name: str,
     seeds: Sequence[str],
-    methods: dict[str, Callable[[Any], list[tuple[int, str]]]],
+    methods: Mapping[str, Callable[[Any], Sequence[tuple[int, str]]]],
     catalog: Any,
     together: Together,
     co: dict[str, list[tuple[str, int]]],

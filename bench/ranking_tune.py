@@ -60,11 +60,11 @@ def main() -> int:
 
     record: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
     if args.list or not args.name:
-        for name, run in record["runs"].items():
-            test = run.get("test") or {}
+        for name, recorded in record["runs"].items():
+            test = recorded.get("test") or {}
             print(
-                f"{name:<24} val NDCG@10 {run['val_ndcg@10']:.4f} (epoch {run['best_epoch']})  "
-                f"test {test.get('ndcg@10', float('nan')):.4f}  {json.dumps(run['overrides'])}"
+                f"{name:<24} val NDCG@10 {recorded['val_ndcg@10']:.4f} (epoch {recorded['best_epoch']})  "
+                f"test {test.get('ndcg@10', float('nan')):.4f}  {json.dumps(recorded['overrides'])}"
             )
         return 0
 

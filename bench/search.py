@@ -546,7 +546,7 @@ def main() -> int:
     ]
     print(f"assistant (generator, {len(subset)} questions): {gen_summary}")
 
-    results = {
+    results: dict[str, Any] = {
         "benchmark": "search",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "catalog": {"items": len(facts), "index_build_seconds": round(build_seconds, 1)},

@@ -757,9 +757,9 @@ def main() -> int:
     asgi_by = {(r["endpoint"], r["concurrency"]): r for r in asgi_cells}
     for row in cells:
         single = BATCHED.get(row["endpoint"], (row["endpoint"],))[0]  # a batched cell's floors: its single's
-        key = (single, row["concurrency"])
+        cell = (single, row["concurrency"])
         in_process = floor[single][str(row["concurrency"])]
-        bare = asgi_by[key]
+        bare = asgi_by[cell]
         row["floor_requests_per_s"] = in_process["requests_per_s"]
         row["ratio_to_floor"] = round(row["requests_per_s"] / in_process["requests_per_s"], 3)
         row["asgi_requests_per_s"] = bare["requests_per_s"]

@@ -261,7 +261,7 @@ def main() -> int:
         print(f"measured bf16 dense peak: {peak / 1e12:.0f} TFLOP/s", flush=True)
 
     rows: list[dict] = []
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "train_throughput",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "dataset": f"Amazon Beauty 5-core, {data.num_users} users, {data.num_items - 1} items",
