@@ -121,19 +121,22 @@ FINE_TUNE = {"encoder_items_per_step": 64, "encoder_lr": 5e-5, "max_text_tokens"
 def machine(threads: int) -> dict[str, Any]:
     import torch
 
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    # The CPU machines' cores are shared; a lent GPU machine is the session's own.
+    shared = (
+        {}
+        if cuda
+        else {"shared": "the 2 cores are shared with other engineers' jobs: seconds depend on their load"}
+    )
     return {
         "cpus": os.cpu_count(),
         "torch_threads_per_worker": threads,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": cuda,
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        **(
-            {}
-            if torch.cuda.is_available()
-            else {"shared": "the 2 cores are shared with other engineers' jobs: seconds depend on their load"}
-        ),
+        **shared,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
