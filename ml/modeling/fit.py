@@ -297,7 +297,9 @@ class Trainer:
         """Re-encode every item with the current encoder (lora / full, once per epoch)."""
         if self.encoder is None or not self.tune_encoder:
             return
-        emb = self.encoder.encode(self.data.item_texts, progress=self.config.progress).to(self.device)
+        emb = self.encoder.encode_catalog(
+            self.item_tokens, self.token_counts, progress=self.config.progress
+        ).to(self.device)
         emb[PAD] = 0.0
         self.model.text_embeddings.copy_(emb)
         self.encoder.train()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,19 +134,49 @@ class TextEncoder(nn.Module):
 
         Texts are sorted by length first so each batch pads to a similar length.
         """
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        return self._encode_in_order(
+            order, lambda idx: self.tokenize([texts[i] for i in idx]), batch_size, progress
+        )
+
+    def encode_catalog(
+        self,
+        catalog: dict[str, torch.Tensor],
+        counts: np.ndarray,
+        batch_size: int = 128,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """:meth:`encode` of :meth:`tokenize_catalog`'s texts from its rows, with no tokenizer pass:
+        the fine-tuning trainer re-encodes its catalog every epoch. Sorting by token count pads
+        each batch only to what its texts need."""
+        order = np.argsort(counts, kind="stable")
+
+        def batch_of(idx: np.ndarray) -> dict[str, torch.Tensor]:
+            rows = torch.as_tensor(idx, device=catalog["input_ids"].device)
+            return self.rows(catalog, rows, int(counts[idx].max()))
+
+        return self._encode_in_order(order, batch_of, batch_size, progress)
+
+    def _encode_in_order(
+        self,
+        order: np.ndarray,
+        batch_of: Callable[[np.ndarray], dict[str, torch.Tensor]],
+        batch_size: int,
+        progress: bool,
+    ) -> torch.Tensor:
+        """Pool ``batch_of`` each ``batch_size`` run of ``order`` in eval mode; rows in input order."""
         from tqdm.auto import tqdm
 
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out = torch.zeros(len(texts), self.dim)
+        out = torch.zeros(len(order), self.dim)
         was_training = self.training
         self.eval()
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
             for start in tqdm(
-                range(0, len(texts), batch_size), desc="encode items", disable=None if progress else True
+                range(0, len(order), batch_size), desc="encode items", disable=None if progress else True
             ):
                 idx = order[start : start + batch_size]
-                out[torch.as_tensor(idx)] = self([texts[i] for i in idx]).float().cpu()
+                out[torch.as_tensor(idx)] = self.pool(batch_of(idx)).float().cpu()
         self.train(was_training)
         return out
 

@@ -1,5 +1,6 @@
 """A fine-tuning step takes its items' rows of the catalog tokenized once: the very batch that
-tokenizing those texts again would build (so the figures of CPU runs do not move)."""
+tokenizing those texts again would build (so the figures of CPU runs do not move), and the
+per-epoch re-encoding of the catalog from those rows equals encoding its texts."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def test_rows_of_the_catalog_equal_tokenizing_those_texts(encoder: TextEncoder, 
         assert torch.equal(taken[key], fresh[key]), key
     with torch.no_grad():
         assert torch.allclose(encoder.pool(taken), encoder.pool(fresh))
+
+
+def test_encoding_the_held_catalog_equals_encoding_its_texts(encoder: TextEncoder) -> None:
+    """The trainer's per-epoch refresh re-encodes from the held rows: same vectors, same order."""
+    catalog, counts = encoder.tokenize_catalog(TEXTS)
+    held = encoder.encode_catalog(catalog, counts, batch_size=2)
+    fresh = encoder.encode(TEXTS, batch_size=2)
+    assert held.shape == (len(TEXTS), encoder.dim)
+    assert torch.allclose(held, fresh, atol=1e-5)
+    assert not torch.allclose(held[1], held[3])  # rows kept their own texts' vectors
