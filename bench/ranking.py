@@ -41,7 +41,7 @@ import platform
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, wait
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -302,8 +302,9 @@ def main() -> int:
     parser.add_argument(
         "--deadline",
         default=None,
-        help="UTC time HH:MM[:SS] by which every model must be trained and tested: no neural model starts "
-        "an epoch it may not finish before it (its best validated weights so far are kept)",
+        help="UTC time HH:MM[:SS] (its next occurrence, so possibly tomorrow) by which every model must be "
+        "trained and tested: no neural model starts an epoch it may not finish before it (its best "
+        "validated weights so far are kept)",
     )
     parser.add_argument(
         "--eval-margin", type=float, default=600, help="seconds kept before --deadline for testing"
@@ -379,9 +380,11 @@ def main() -> int:
     if args.deadline:
         hour, minute, second = ([int(x) for x in args.deadline.split(":")] + [0])[:3]
         now = datetime.now(UTC)
-        deadline = now.replace(hour=hour, minute=minute, second=second, microsecond=0).timestamp()
-        if deadline <= now.timestamp():
-            parser.error(f"--deadline {args.deadline} UTC has passed")
+        when = now.replace(hour=hour, minute=minute, second=second, microsecond=0)
+        if when <= now:  # like at(1): a time already past today means tomorrow's
+            when += timedelta(days=1)
+        deadline = when.timestamp()
+        print(f"deadline {when.isoformat(timespec='seconds')}", flush=True)
     tasks: list[dict[str, Any]] = []
     base = {
         "threads": args.threads,
